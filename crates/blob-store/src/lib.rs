@@ -1,0 +1,276 @@
+//! Message bodies, content-addressed, on the `object_store` crate.
+//!
+//! A body's key is `msg/sha256/<first two hex digits>/<64 hex digits>` of
+//! the SHA-256 of its bytes (DESIGN.md invariant 4). Writes are therefore
+//! idempotent (a retried PUT writes the same bytes under the same key) and
+//! one message to 50 local recipients is stored once. Reads verify the hash.
+//!
+//! Reference counts live in the metadata store (updated atomically with the
+//! append or expunge that adds or drops a reference); [`BlobStore::gc`]
+//! deletes blobs that are older than a grace period and unreferenced. The
+//! grace period covers the window between the PUT by smtp-ingress and the
+//! first append by the router, and blobs of messages refused after the PUT
+//! (`451` answers), which never got a reference at all.
+
+#![warn(missing_docs)]
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use sha2::{Digest, Sha256};
+
+/// Errors of the blob store.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No blob with this key.
+    #[error("blob {0} not found")]
+    NotFound(String),
+    /// The stored bytes do not hash to their key.
+    #[error("blob {0} is corrupt (SHA-256 mismatch)")]
+    Corrupt(String),
+    /// A malformed key was given.
+    #[error("invalid blob key {0:?}")]
+    InvalidKey(String),
+    /// The backend failed or could not be reached; retrying may help.
+    #[error("object storage unavailable: {0}")]
+    Unavailable(String),
+    /// Bad configuration.
+    #[error("object storage configuration: {0}")]
+    Config(String),
+}
+
+impl Error {
+    /// Whether retrying may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Unavailable(_))
+    }
+}
+
+/// Result alias of this crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// The content-addressed key of `bytes`.
+pub fn key_for(bytes: &[u8]) -> String {
+    let digest = hex::encode(Sha256::digest(bytes));
+    format!("msg/sha256/{}/{}", &digest[..2], digest)
+}
+
+fn check_key(key: &str) -> Result<ObjPath> {
+    let ok = key.len() == 11 + 3 + 64
+        && key.starts_with("msg/sha256/")
+        && key[11..13] == key[14..16]
+        && key.as_bytes()[13] == b'/'
+        && key[14..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if ok {
+        Ok(ObjPath::from(key))
+    } else {
+        Err(Error::InvalidKey(key.to_string()))
+    }
+}
+
+/// Content-addressed blob storage over any `object_store` backend.
+#[derive(Clone)]
+pub struct BlobStore {
+    store: Arc<dyn ObjectStore>,
+    /// Where it points, for error messages (`s3 http://host/bucket`, `local /dir`).
+    describe: String,
+}
+
+impl std::fmt::Debug for BlobStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BlobStore({})", self.describe)
+    }
+}
+
+impl BlobStore {
+    /// Blobs in a local directory (created if missing): the embedded backend.
+    pub fn local(dir: &std::path::Path) -> Result<Self> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Config(format!("cannot create {}: {e}", dir.display())))?;
+        let store = object_store::local::LocalFileSystem::new_with_prefix(dir)
+            .map_err(|e| Error::Config(format!("{}: {e}", dir.display())))?;
+        Ok(BlobStore {
+            store: Arc::new(store),
+            describe: format!("local {}", dir.display()),
+        })
+    }
+
+    /// Blobs in memory (tests).
+    pub fn memory() -> Self {
+        BlobStore {
+            store: Arc::new(object_store::memory::InMemory::new()),
+            describe: "memory".into(),
+        }
+    }
+
+    /// Blobs in an S3-compatible bucket.
+    pub fn s3(cfg: &posthorn_config::S3Config) -> Result<Self> {
+        let mut secret = cfg.secret_access_key.clone();
+        if !cfg.secret_access_key_file.is_empty() {
+            secret = std::fs::read_to_string(&cfg.secret_access_key_file)
+                .map_err(|e| {
+                    Error::Config(format!(
+                        "s3.secret_access_key_file {}: {e}",
+                        cfg.secret_access_key_file
+                    ))
+                })?
+                .trim()
+                .to_string();
+        }
+        let mut b = object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name(&cfg.bucket)
+            .with_region(&cfg.region)
+            .with_allow_http(cfg.allow_http)
+            .with_virtual_hosted_style_request(!cfg.path_style)
+            // Bounded retries: SMTP must answer `451` within seconds when S3 is down.
+            .with_retry(object_store::RetryConfig {
+                max_retries: 2,
+                retry_timeout: Duration::from_secs(5),
+                ..Default::default()
+            });
+        if !cfg.endpoint.is_empty() {
+            b = b.with_endpoint(&cfg.endpoint);
+        }
+        if !cfg.access_key_id.is_empty() {
+            b = b.with_access_key_id(&cfg.access_key_id).with_secret_access_key(secret);
+        }
+        let store = b.build().map_err(|e| Error::Config(e.to_string()))?;
+        Ok(BlobStore {
+            store: Arc::new(store),
+            describe: format!("s3 {} bucket {}", cfg.endpoint, cfg.bucket),
+        })
+    }
+
+    fn map_err(&self, key: &str, e: object_store::Error) -> Error {
+        match e {
+            object_store::Error::NotFound { .. } => Error::NotFound(key.to_string()),
+            other => Error::Unavailable(format!("{}: {other}", self.describe)),
+        }
+    }
+
+    /// Whether the backend answers (for `/readyz`): a LIST of one page.
+    pub async fn ping(&self) -> Result<()> {
+        let prefix = ObjPath::from("msg");
+        let mut list = self.store.list(Some(&prefix));
+        match list.try_next().await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.map_err("msg/", e)),
+        }
+    }
+
+    /// Store `bytes`; returns its key once the backend confirmed the write.
+    pub async fn put(&self, bytes: Bytes) -> Result<String> {
+        let key = key_for(&bytes);
+        let path = ObjPath::from(key.as_str());
+        self.store
+            .put(&path, PutPayload::from_bytes(bytes))
+            .await
+            .map_err(|e| self.map_err(&key, e))?;
+        Ok(key)
+    }
+
+    /// Read a whole blob and verify its hash.
+    pub async fn get(&self, key: &str) -> Result<Bytes> {
+        let path = check_key(key)?;
+        let got = self
+            .store
+            .get(&path)
+            .await
+            .map_err(|e| self.map_err(key, e))?;
+        let bytes = got.bytes().await.map_err(|e| self.map_err(key, e))?;
+        if key_for(&bytes) != key {
+            return Err(Error::Corrupt(key.to_string()));
+        }
+        Ok(bytes)
+    }
+
+    /// Read a byte range of a blob (IMAP partial fetch); not hash-verified.
+    pub async fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<Bytes> {
+        let path = check_key(key)?;
+        self.store
+            .get_range(&path, range)
+            .await
+            .map_err(|e| self.map_err(key, e))
+    }
+
+    /// Whether a blob exists.
+    pub async fn exists(&self, key: &str) -> Result<bool> {
+        let path = check_key(key)?;
+        match self.store.head(&path).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.map_err(key, e)),
+        }
+    }
+
+    /// Delete a blob (missing is not an error).
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        let path = check_key(key)?;
+        match self.store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.map_err(key, e)),
+        }
+    }
+
+    /// Delete every blob last written more than `grace` ago for which
+    /// `is_referenced(key)` answers `false`. Returns the keys deleted.
+    /// `is_referenced` must consult the metadata store's reference count;
+    /// an error there skips the blob (never deletes on doubt).
+    pub async fn gc<F, Fut, E>(&self, grace: Duration, is_referenced: F) -> Result<Vec<String>>
+    where
+        F: Fn(String) -> Fut,
+        Fut: Future<Output = std::result::Result<bool, E>>,
+    {
+        let cutoff = SystemTime::now() - grace;
+        let prefix = ObjPath::from("msg/sha256");
+        let metas: Vec<object_store::ObjectMeta> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| self.map_err("msg/", e))?;
+        let mut deleted = Vec::new();
+        for meta in metas {
+            let modified: SystemTime = meta.last_modified.into();
+            if modified > cutoff {
+                continue;
+            }
+            let key = meta.location.to_string();
+            if check_key(&key).is_err() {
+                continue;
+            }
+            match is_referenced(key.clone()).await {
+                Ok(false) => {
+                    self.delete(&key).await?;
+                    tracing::debug!(blob = %key, "collected unreferenced blob");
+                    deleted.push(key);
+                }
+                Ok(true) | Err(_) => {}
+            }
+        }
+        Ok(deleted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_shape() {
+        // SHA-256("abc") from FIPS 180-2, appendix B.1.
+        let k = key_for(b"abc");
+        assert_eq!(
+            k,
+            "msg/sha256/ba/ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert!(check_key(&k).is_ok());
+        assert!(check_key("msg/sha256/../etc/passwd").is_err());
+        assert!(check_key("msg/sha256/aa/ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad").is_err());
+    }
+}
