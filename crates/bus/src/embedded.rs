@@ -1,0 +1,672 @@
+//! Embedded bus: work queues persisted in their own redb file, events on an
+//! in-process broadcast channel. For the single-process `posthorn serve`.
+//!
+//! # Durability
+//!
+//! Every state change that must survive a crash is one redb write
+//! transaction committed with redb's default durability
+//! ([`redb::Durability::Immediate`]): `publish` returns after the item is
+//! fsynced, `ack` after the removal is, `term` after the move to the dead
+//! table is, and every delivery first persists the incremented delivery
+//! count (so `max_deliver` also stops a poison item that crashes the process).
+//!
+//! # Semantics and simplifications
+//!
+//! - Each queue is a *work queue shared by all groups*: every consumer on a
+//!   queue, whatever its group name, competes for the same items and each item
+//!   is handed to one consumer at a time. This matches JetStream work-queue
+//!   retention, which allows only one unfiltered consumer per stream; in
+//!   practice each queue has one group (router for inbound, delivery for
+//!   outbound).
+//! - Leases (who holds an item until when) and `nak` delays live in memory
+//!   only. After a restart every un-acked item is available at once (attempt
+//!   continues from the persisted delivery count): correct at-least-once,
+//!   only a pending `nak` delay is forgotten.
+//! - Dedupe: a `msg_id` published to a queue within [`DEDUPE_WINDOW`] of an
+//!   earlier publish of the same id (even if that item was already acked) is
+//!   not stored again, like JetStream's duplicate window. The dedupe table is
+//!   persisted and pruned lazily.
+//! - The dead-letter table keeps items forever (JetStream `MAIL_DEAD` uses
+//!   limits retention without limits).
+//! - Events are delivered only within this process (broadcast channel of
+//!   [`EVENT_CAPACITY`]; a lagging subscriber skips events, which only costs
+//!   latency).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::{Notify, broadcast};
+
+use crate::{
+    Acker, Bus, Consumer, ConsumerConfig, Delivery, Error, EventStream, MailboxEvent, Queue, Result,
+};
+
+/// Window within which a repeated `msg_id` is not stored again.
+pub const DEDUPE_WINDOW: Duration = Duration::from_secs(120);
+/// Capacity of the in-process event channel.
+pub const EVENT_CAPACITY: usize = 4096;
+
+/// How often the dedupe table is pruned (at most).
+const DEDUPE_GC_EVERY: Duration = Duration::from_secs(10);
+/// Longest sleep of a waiting consumer between checks for expired leases.
+const POLL: Duration = Duration::from_millis(100);
+
+/// (queue, seq) -> [deliveries u32][msg_id len u32][msg_id][payload]
+const ITEMS: TableDefinition<(u8, u64), &[u8]> = TableDefinition::new("items");
+/// (queue, seq) -> [msg_id len u32][msg_id][payload]
+const DEAD: TableDefinition<(u8, u64), &[u8]> = TableDefinition::new("dead");
+/// (queue, msg_id) -> unix ms of the first publish
+const DEDUPE: TableDefinition<(u8, &str), u64> = TableDefinition::new("dedupe");
+/// "next_seq" -> next item sequence number
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+fn qid(queue: Queue) -> u8 {
+    match queue {
+        Queue::Inbound => 0,
+        Queue::Outbound => 1,
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn encode_item(deliveries: u32, msg_id: &str, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(8 + msg_id.len() + payload.len());
+    v.extend_from_slice(&deliveries.to_be_bytes());
+    v.extend_from_slice(&(msg_id.len() as u32).to_be_bytes());
+    v.extend_from_slice(msg_id.as_bytes());
+    v.extend_from_slice(payload);
+    v
+}
+
+fn decode_item(v: &[u8]) -> Result<(u32, String, Bytes)> {
+    if v.len() < 4 {
+        return Err(Error::Other("embedded bus: truncated item".into()));
+    }
+    let deliveries = u32::from_be_bytes(v[..4].try_into().expect("4 bytes"));
+    let (msg_id, payload) = decode_dead(&v[4..])?;
+    Ok((deliveries, msg_id, payload))
+}
+
+fn encode_dead(msg_id: &str, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(4 + msg_id.len() + payload.len());
+    v.extend_from_slice(&(msg_id.len() as u32).to_be_bytes());
+    v.extend_from_slice(msg_id.as_bytes());
+    v.extend_from_slice(payload);
+    v
+}
+
+fn decode_dead(v: &[u8]) -> Result<(String, Bytes)> {
+    let bad = || Error::Other("embedded bus: truncated item".into());
+    if v.len() < 4 {
+        return Err(bad());
+    }
+    let n = u32::from_be_bytes(v[..4].try_into().expect("4 bytes")) as usize;
+    let rest = &v[4..];
+    if rest.len() < n {
+        return Err(bad());
+    }
+    let msg_id = std::str::from_utf8(&rest[..n])
+        .map_err(|_| Error::Other("embedded bus: msg_id is not UTF-8".into()))?
+        .to_string();
+    Ok((msg_id, Bytes::copy_from_slice(&rest[n..])))
+}
+
+/// Who holds an item until when: a lease of one delivery (`token`), or a
+/// `nak` delay (`token == None`).
+#[derive(Debug, Clone, Copy)]
+struct Hold {
+    until: Instant,
+    token: Option<u64>,
+}
+
+#[derive(Default)]
+struct State {
+    holds: HashMap<(u8, u64), Hold>,
+    last_dedupe_gc: Option<Instant>,
+}
+
+impl State {
+    fn busy(&self, key: (u8, u64), now: Instant) -> bool {
+        self.holds.get(&key).is_some_and(|h| h.until > now)
+    }
+
+    /// Earliest moment a hold of `queue` expires (after `now`).
+    fn next_expiry(&self, queue: u8, now: Instant) -> Option<Instant> {
+        self.holds
+            .iter()
+            .filter(|(k, h)| k.0 == queue && h.until > now)
+            .map(|(_, h)| h.until)
+            .min()
+    }
+}
+
+/// Outcome of [`Inner::claim`].
+enum Claim {
+    /// An item leased to the caller.
+    Leased {
+        seq: u64,
+        attempt: u32,
+        msg_id: String,
+        payload: Bytes,
+        token: u64,
+    },
+    /// Nothing available; a hold expires at `next_expiry`.
+    Empty { next_expiry: Option<Instant> },
+}
+
+struct Inner {
+    path: PathBuf,
+    db: Database,
+    state: Mutex<State>,
+    notify: [Notify; 2],
+    events: broadcast::Sender<MailboxEvent>,
+    tokens: AtomicU64,
+}
+
+impl Inner {
+    fn err(&self, e: impl std::fmt::Display) -> Error {
+        Error::Unavailable(format!("embedded bus {}: {e}", self.path.display()))
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock leaves only in-memory leases behind;
+        // they are advisory, so keep going.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn publish(&self, q: u8, msg_id: &str, payload: &[u8]) -> Result<bool> {
+        let now_ms = unix_ms();
+        let window_ms = DEDUPE_WINDOW.as_millis() as u64;
+        let gc = {
+            let mut st = self.state();
+            let due = st
+                .last_dedupe_gc
+                .is_none_or(|t| t.elapsed() >= DEDUPE_GC_EVERY);
+            if due {
+                st.last_dedupe_gc = Some(Instant::now());
+            }
+            due
+        };
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        let stored = {
+            let mut dedupe = txn.open_table(DEDUPE).map_err(|e| self.err(e))?;
+            if gc {
+                dedupe
+                    .retain(|_, at| now_ms.saturating_sub(at) < window_ms)
+                    .map_err(|e| self.err(e))?;
+            }
+            let seen = dedupe
+                .get((q, msg_id))
+                .map_err(|e| self.err(e))?
+                .map(|v| v.value());
+            if seen.is_some_and(|at| now_ms.saturating_sub(at) < window_ms) {
+                false
+            } else {
+                dedupe
+                    .insert((q, msg_id), now_ms)
+                    .map_err(|e| self.err(e))?;
+                let mut meta = txn.open_table(META).map_err(|e| self.err(e))?;
+                let seq = meta
+                    .get("next_seq")
+                    .map_err(|e| self.err(e))?
+                    .map(|v| v.value())
+                    .unwrap_or(1);
+                meta.insert("next_seq", seq + 1).map_err(|e| self.err(e))?;
+                let mut items = txn.open_table(ITEMS).map_err(|e| self.err(e))?;
+                items
+                    .insert((q, seq), encode_item(0, msg_id, payload).as_slice())
+                    .map_err(|e| self.err(e))?;
+                true
+            }
+        };
+        if stored {
+            txn.commit().map_err(|e| self.err(e))?;
+        } else {
+            txn.abort().map_err(|e| self.err(e))?;
+        }
+        Ok(stored)
+    }
+
+    /// Lease the oldest available item of queue `q`, moving items that
+    /// exceeded `max_deliver` to the dead table on the way. Returns the
+    /// delivery or, if none is available, when the next hold expires.
+    fn claim(&self, q: u8, config: ConsumerConfig) -> Result<Claim> {
+        let mut st = self.state();
+        let now = Instant::now();
+        st.holds.retain(|_, h| h.until > now);
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        let mut found = None;
+        let mut changed = false;
+        {
+            let mut items = txn.open_table(ITEMS).map_err(|e| self.err(e))?;
+            let mut dead = txn.open_table(DEAD).map_err(|e| self.err(e))?;
+            let mut from = 0u64;
+            'scan: loop {
+                // Collect a few available candidates, then update them
+                // (cannot mutate while the range borrows the table).
+                let mut batch: Vec<(u64, Vec<u8>)> = Vec::new();
+                for entry in items
+                    .range((q, from)..=(q, u64::MAX))
+                    .map_err(|e| self.err(e))?
+                {
+                    let (k, v) = entry.map_err(|e| self.err(e))?;
+                    let seq = k.value().1;
+                    if !st.busy((q, seq), now) {
+                        batch.push((seq, v.value().to_vec()));
+                        if batch.len() >= 16 {
+                            break;
+                        }
+                    }
+                }
+                if batch.is_empty() {
+                    break 'scan;
+                }
+                for (seq, raw) in batch {
+                    from = seq + 1;
+                    let (deliveries, msg_id, payload) = decode_item(&raw)?;
+                    let attempt = deliveries.saturating_add(1);
+                    changed = true;
+                    if attempt > config.max_deliver {
+                        items.remove((q, seq)).map_err(|e| self.err(e))?;
+                        dead.insert((q, seq), encode_dead(&msg_id, &payload).as_slice())
+                            .map_err(|e| self.err(e))?;
+                        tracing::warn!(queue = q, %msg_id, deliveries, "embedded bus: max_deliver exceeded, moved to dead letters");
+                        continue;
+                    }
+                    items
+                        .insert((q, seq), encode_item(attempt, &msg_id, &payload).as_slice())
+                        .map_err(|e| self.err(e))?;
+                    found = Some((seq, attempt, msg_id, payload));
+                    break 'scan;
+                }
+            }
+        }
+        if changed {
+            txn.commit().map_err(|e| self.err(e))?;
+        } else {
+            txn.abort().map_err(|e| self.err(e))?;
+        }
+        match found {
+            Some((seq, attempt, msg_id, payload)) => {
+                let token = self.tokens.fetch_add(1, Ordering::Relaxed);
+                st.holds.insert(
+                    (q, seq),
+                    Hold {
+                        until: now + config.ack_wait,
+                        token: Some(token),
+                    },
+                );
+                Ok(Claim::Leased {
+                    seq,
+                    attempt,
+                    msg_id,
+                    payload,
+                    token,
+                })
+            }
+            None => Ok(Claim::Empty {
+                next_expiry: st.next_expiry(q, now),
+            }),
+        }
+    }
+
+    fn ack(&self, q: u8, seq: u64) -> Result<()> {
+        let mut st = self.state();
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        let removed = {
+            let mut items = txn.open_table(ITEMS).map_err(|e| self.err(e))?;
+            items.remove((q, seq)).map_err(|e| self.err(e))?.is_some()
+        };
+        if removed {
+            txn.commit().map_err(|e| self.err(e))?;
+        } else {
+            txn.abort().map_err(|e| self.err(e))?;
+        }
+        st.holds.remove(&(q, seq));
+        Ok(())
+    }
+
+    fn term(&self, q: u8, seq: u64) -> Result<()> {
+        let mut st = self.state();
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        let moved = {
+            let mut items = txn.open_table(ITEMS).map_err(|e| self.err(e))?;
+            let raw = items
+                .remove((q, seq))
+                .map_err(|e| self.err(e))?
+                .map(|v| v.value().to_vec());
+            match raw {
+                Some(raw) => {
+                    let (_, msg_id, payload) = decode_item(&raw)?;
+                    let mut dead = txn.open_table(DEAD).map_err(|e| self.err(e))?;
+                    dead.insert((q, seq), encode_dead(&msg_id, &payload).as_slice())
+                        .map_err(|e| self.err(e))?;
+                    true
+                }
+                None => false,
+            }
+        };
+        if moved {
+            txn.commit().map_err(|e| self.err(e))?;
+        } else {
+            txn.abort().map_err(|e| self.err(e))?;
+        }
+        st.holds.remove(&(q, seq));
+        Ok(())
+    }
+
+    fn depth(&self, q: u8) -> Result<u64> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let items = txn.open_table(ITEMS).map_err(|e| self.err(e))?;
+        let mut n = 0u64;
+        for entry in items
+            .range((q, 0u64)..=(q, u64::MAX))
+            .map_err(|e| self.err(e))?
+        {
+            entry.map_err(|e| self.err(e))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn dead_letters(&self, q: u8, limit: usize) -> Result<Vec<(String, Bytes)>> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let dead = txn.open_table(DEAD).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for entry in dead
+            .range((q, 0u64)..=(q, u64::MAX))
+            .map_err(|e| self.err(e))?
+        {
+            if out.len() >= limit {
+                break;
+            }
+            let (_, v) = entry.map_err(|e| self.err(e))?;
+            out.push(decode_dead(v.value())?);
+        }
+        Ok(out)
+    }
+}
+
+/// Run a blocking redb operation off the async runtime.
+async fn blocking<T: Send + 'static>(
+    inner: &Arc<Inner>,
+    f: impl FnOnce(&Inner) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let inner = inner.clone();
+    tokio::task::spawn_blocking(move || f(&inner))
+        .await
+        .map_err(|e| Error::Other(format!("embedded bus task failed: {e}")))?
+}
+
+/// The embedded bus (see the module docs).
+#[derive(Clone)]
+pub struct EmbeddedBus {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for EmbeddedBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedBus")
+            .field("path", &self.inner.path)
+            .finish()
+    }
+}
+
+impl EmbeddedBus {
+    /// Open (creating if needed) the bus file at `path`. The file must not
+    /// be open elsewhere (redb locks it).
+    pub fn open(path: &Path) -> Result<Self> {
+        let err = |e: &dyn std::fmt::Display| {
+            Error::Unavailable(format!("embedded bus {}: {e}", path.display()))
+        };
+        let db = Database::create(path).map_err(|e| err(&e))?;
+        // Create the tables so read transactions always find them.
+        let txn = db.begin_write().map_err(|e| err(&e))?;
+        {
+            txn.open_table(ITEMS).map_err(|e| err(&e))?;
+            txn.open_table(DEAD).map_err(|e| err(&e))?;
+            txn.open_table(DEDUPE).map_err(|e| err(&e))?;
+            txn.open_table(META).map_err(|e| err(&e))?;
+        }
+        txn.commit().map_err(|e| err(&e))?;
+        let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        Ok(EmbeddedBus {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                db,
+                state: Mutex::new(State::default()),
+                notify: [Notify::new(), Notify::new()],
+                events,
+                tokens: AtomicU64::new(1),
+            }),
+        })
+    }
+}
+
+#[async_trait]
+impl Bus for EmbeddedBus {
+    async fn ping(&self) -> Result<()> {
+        blocking(&self.inner, |i| {
+            i.db.begin_read().map(|_| ()).map_err(|e| i.err(e))
+        })
+        .await
+    }
+
+    async fn publish(&self, queue: Queue, msg_id: &str, payload: Bytes) -> Result<()> {
+        let q = qid(queue);
+        let id = msg_id.to_string();
+        let stored = blocking(&self.inner, move |i| i.publish(q, &id, &payload)).await?;
+        if stored {
+            self.inner.notify[q as usize].notify_waiters();
+        } else {
+            tracing::debug!(
+                queue = queue.name(),
+                msg_id,
+                "embedded bus: duplicate publish ignored"
+            );
+        }
+        Ok(())
+    }
+
+    async fn consumer(
+        &self,
+        queue: Queue,
+        group: &str,
+        config: ConsumerConfig,
+    ) -> Result<Box<dyn Consumer>> {
+        if group.is_empty() {
+            return Err(Error::Other("consumer group name is empty".into()));
+        }
+        if config.max_deliver == 0 {
+            return Err(Error::Other("max_deliver must be at least 1".into()));
+        }
+        Ok(Box::new(EmbeddedConsumer {
+            inner: self.inner.clone(),
+            queue: qid(queue),
+            config,
+        }))
+    }
+
+    async fn depth(&self, queue: Queue) -> Result<u64> {
+        let q = qid(queue);
+        blocking(&self.inner, move |i| i.depth(q)).await
+    }
+
+    async fn dead_letters(&self, queue: Queue, limit: usize) -> Result<Vec<(String, Bytes)>> {
+        let q = qid(queue);
+        blocking(&self.inner, move |i| i.dead_letters(q, limit)).await
+    }
+
+    async fn publish_event(&self, event: &MailboxEvent) -> Result<()> {
+        // No subscriber is not an error: events are best effort.
+        let _ = self.inner.events.send(event.clone());
+        Ok(())
+    }
+
+    async fn subscribe_events(&self, account: Option<&str>) -> Result<EventStream> {
+        let rx = self.inner.events.subscribe();
+        let account = account.map(str::to_string);
+        let stream = futures::stream::unfold(rx, move |mut rx| {
+            let account = account.clone();
+            async move {
+                loop {
+                    match rx.recv().await {
+                        Ok(ev) => {
+                            if account.as_deref().is_none_or(|a| a == ev.account) {
+                                return Some((ev, rx));
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Lagged(n)) => {
+                            tracing::debug!(skipped = n, "embedded bus: event subscriber lagged");
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    }
+                }
+            }
+        });
+        Ok(Box::pin(stream))
+    }
+}
+
+struct EmbeddedConsumer {
+    inner: Arc<Inner>,
+    queue: u8,
+    config: ConsumerConfig,
+}
+
+#[async_trait]
+impl Consumer for EmbeddedConsumer {
+    async fn next(&mut self, timeout: Duration) -> Result<Option<Delivery>> {
+        let deadline = Instant::now() + timeout;
+        let q = self.queue;
+        let config = self.config;
+        loop {
+            // Register for wake-ups before looking, so a publish between the
+            // look and the wait is not missed.
+            let notified = self.inner.notify[q as usize].notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+
+            let claimed = blocking(&self.inner, move |i| i.claim(q, config)).await?;
+            let next_expiry = match claimed {
+                Claim::Leased {
+                    seq,
+                    attempt,
+                    msg_id,
+                    payload,
+                    token,
+                } => {
+                    return Ok(Some(Delivery {
+                        msg_id,
+                        payload,
+                        attempt,
+                        acker: Box::new(EmbeddedAcker {
+                            inner: self.inner.clone(),
+                            queue: q,
+                            seq,
+                            token,
+                            ack_wait: config.ack_wait,
+                        }),
+                    }));
+                }
+                Claim::Empty { next_expiry } => next_expiry,
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            let mut wake = deadline.min(now + POLL);
+            if let Some(t) = next_expiry {
+                wake = wake.min(t);
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(wake.into()) => {}
+            }
+        }
+    }
+}
+
+struct EmbeddedAcker {
+    inner: Arc<Inner>,
+    queue: u8,
+    seq: u64,
+    token: u64,
+    ack_wait: Duration,
+}
+
+#[async_trait]
+impl Acker for EmbeddedAcker {
+    async fn ack(&self) -> Result<()> {
+        let (q, seq) = (self.queue, self.seq);
+        blocking(&self.inner, move |i| i.ack(q, seq)).await
+    }
+
+    async fn nak(&self, delay: Option<Duration>) -> Result<()> {
+        {
+            let mut st = self.inner.state();
+            let key = (self.queue, self.seq);
+            // Only the current holder may release or delay the item; a stale
+            // delivery (lease expired, redelivered elsewhere) is ignored.
+            let mine = st
+                .holds
+                .get(&key)
+                .is_none_or(|h| h.token == Some(self.token));
+            if mine {
+                match delay {
+                    Some(d) if !d.is_zero() => {
+                        st.holds.insert(
+                            key,
+                            Hold {
+                                until: Instant::now() + d,
+                                token: None,
+                            },
+                        );
+                    }
+                    _ => {
+                        st.holds.remove(&key);
+                    }
+                }
+            }
+        }
+        self.inner.notify[self.queue as usize].notify_waiters();
+        Ok(())
+    }
+
+    async fn term(&self) -> Result<()> {
+        let (q, seq) = (self.queue, self.seq);
+        blocking(&self.inner, move |i| i.term(q, seq)).await
+    }
+
+    async fn in_progress(&self) -> Result<()> {
+        let mut st = self.inner.state();
+        let key = (self.queue, self.seq);
+        // Extend our lease; if it expired but nobody took the item since,
+        // take it back (like JetStream's +WPI on an expired delivery).
+        let mine = st
+            .holds
+            .get(&key)
+            .is_none_or(|h| h.token == Some(self.token));
+        if mine {
+            st.holds.insert(
+                key,
+                Hold {
+                    until: Instant::now() + self.ack_wait,
+                    token: Some(self.token),
+                },
+            );
+        }
+        Ok(())
+    }
+}
