@@ -1,0 +1,400 @@
+//! Mailbox metadata and the directory, behind one trait ([`MetaStore`]).
+//!
+//! Two implementations share one conformance suite ([`conformance`]):
+//! - [`redis_store::RedisStore`]: Redis standalone or Cluster. Every key of one
+//!   account carries the hash tag `{<account>}` so multi-key updates of one
+//!   account are atomic Lua scripts on one slot.
+//! - [`embedded::EmbeddedStore`]: an ACID store on local disk (redb) for
+//!   `posthorn serve`.
+//!
+//! # Model
+//! Accounts are addressed by their normalised (lower-case) address
+//! `local@domain`. Each account has mailboxes; each mailbox has UIDVALIDITY,
+//! UIDNEXT, HIGHESTMODSEQ, a special-use attribute and a subscription flag.
+//! Messages carry UID, MODSEQ, flags (system flags and keywords as strings,
+//! e.g. `\Seen`, `$Forwarded`), internal date, size, blob key and a cached
+//! parsed ENVELOPE/BODYSTRUCTURE (opaque strings, produced by the caller).
+//! UID and MODSEQ are assigned in the same atomic step as the write
+//! (DESIGN.md invariants 3 and 8). Every mailbox keeps an expunge log.
+//!
+//! Blob reference counts live here too, updated atomically with appends and
+//! expunges, so unreferenced blobs can be found and collected after a grace
+//! period (DESIGN.md invariant 4).
+
+#![warn(missing_docs)]
+
+pub mod conformance;
+pub mod embedded;
+pub mod redis_store;
+mod util;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+/// Errors of the metadata store. [`Error::is_transient`] tells the caller
+/// whether a retry may succeed (SMTP 4xx vs 5xx, JetStream nak vs term).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The thing to create exists already.
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    /// The thing named does not exist.
+    #[error("{0} does not exist")]
+    NotFound(String),
+    /// An account was added for a domain that is not a local domain.
+    #[error("domain {0} is not a local domain")]
+    UnknownDomain(String),
+    /// A name failed validation (mailbox name traversal, bad address, ...).
+    #[error("invalid {what}: {reason}")]
+    Invalid {
+        /// What was invalid ("mailbox name", "address", ...).
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The backend could not be reached or failed; retrying may help.
+    #[error("metadata backend unavailable: {0}")]
+    Unavailable(String),
+    /// Stored data could not be decoded (a bug or corruption).
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+impl Error {
+    /// Whether retrying the same operation later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Unavailable(_))
+    }
+}
+
+/// Result alias of this crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// A local account in the directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    /// Normalised address, `local@domain`, lower-case.
+    pub address: String,
+    /// PHC string of the argon2id hash of the password.
+    pub password_hash: String,
+    /// Limits; `None` means unlimited.
+    pub quota: Quota,
+}
+
+/// Per-account limits. `None` is unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quota {
+    /// Maximum total size of all messages, in bytes.
+    pub max_bytes: Option<u64>,
+    /// Maximum number of messages over all mailboxes.
+    pub max_messages: Option<u64>,
+}
+
+/// Current usage of an account, updated atomically with appends/expunges.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Sum of message sizes.
+    pub bytes: u64,
+    /// Number of messages.
+    pub messages: u64,
+}
+
+/// An alias (`/etc/aliases` entry or virtusertable line): `address` expands to
+/// `targets` (local accounts, other aliases, remote addresses). A catch-all is
+/// stored with address `@domain`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Alias {
+    /// The alias address (lower-case), or `@domain` for a catch-all.
+    pub address: String,
+    /// What it expands to, in order.
+    pub targets: Vec<String>,
+}
+
+/// RFC 6154 special-use attributes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SpecialUse {
+    /// `\All`
+    All,
+    /// `\Archive`
+    Archive,
+    /// `\Drafts`
+    Drafts,
+    /// `\Flagged`
+    Flagged,
+    /// `\Junk`
+    Junk,
+    /// `\Sent`
+    Sent,
+    /// `\Trash`
+    Trash,
+}
+
+/// The mailboxes every new account gets (DESIGN.md / IMAP issue).
+pub const DEFAULT_MAILBOXES: &[(&str, Option<SpecialUse>)] = &[
+    ("INBOX", None),
+    ("Sent", Some(SpecialUse::Sent)),
+    ("Drafts", Some(SpecialUse::Drafts)),
+    ("Trash", Some(SpecialUse::Trash)),
+    ("Junk", Some(SpecialUse::Junk)),
+];
+
+/// State of one mailbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailboxInfo {
+    /// Full name with `/` as hierarchy delimiter; `INBOX` is case-insensitive
+    /// and always stored as `INBOX`.
+    pub name: String,
+    /// RFC 3501 UIDVALIDITY; non-zero; changes only if the mailbox is recreated.
+    pub uidvalidity: u32,
+    /// The UID the next appended message will get.
+    pub uidnext: u32,
+    /// RFC 7162 HIGHESTMODSEQ (starts at 1 for an empty mailbox).
+    pub highest_modseq: u64,
+    /// Number of messages.
+    pub exists: u32,
+    /// Number of messages without `\Seen`.
+    pub unseen: u32,
+    /// RFC 6154 attribute.
+    pub special_use: Option<SpecialUse>,
+    /// LSUB / LIST (SUBSCRIBED).
+    pub subscribed: bool,
+}
+
+/// A message to append.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewMessage {
+    /// Idempotency key, normally `<message id>/<recipient>`: a second append
+    /// with the same key to the same account adds nothing (DESIGN.md
+    /// invariant 2). `None` for IMAP APPEND/COPY.
+    pub dedupe_key: Option<String>,
+    /// Initial flags.
+    pub flags: Vec<String>,
+    /// Internal date, seconds since the Unix epoch.
+    pub internal_date: i64,
+    /// Size in octets (RFC822.SIZE).
+    pub size: u64,
+    /// Content-addressed blob key of the body.
+    pub blob_key: String,
+    /// Cached ENVELOPE (opaque, produced by the caller).
+    pub envelope: Option<String>,
+    /// Cached BODYSTRUCTURE (opaque, produced by the caller).
+    pub bodystructure: Option<String>,
+}
+
+/// What [`MetaStore::append`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// Stored as a new message.
+    Appended {
+        /// Its UID.
+        uid: u32,
+        /// Its MODSEQ.
+        modseq: u64,
+    },
+    /// The dedupe key was seen before; nothing changed.
+    Duplicate {
+        /// The UID the earlier append got.
+        uid: u32,
+    },
+}
+
+/// A stored message's metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageMeta {
+    /// UID in its mailbox.
+    pub uid: u32,
+    /// MODSEQ of its last change.
+    pub modseq: u64,
+    /// Flags and keywords.
+    pub flags: Vec<String>,
+    /// Internal date, seconds since the Unix epoch.
+    pub internal_date: i64,
+    /// Size in octets.
+    pub size: u64,
+    /// Blob key of the body.
+    pub blob_key: String,
+    /// Cached ENVELOPE.
+    pub envelope: Option<String>,
+    /// Cached BODYSTRUCTURE.
+    pub bodystructure: Option<String>,
+}
+
+/// How STORE changes flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlagOp {
+    /// `FLAGS`: replace.
+    Set,
+    /// `+FLAGS`: add.
+    Add,
+    /// `-FLAGS`: remove.
+    Remove,
+}
+
+/// Result of a STORE on one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlagUpdate {
+    /// UID of the message.
+    pub uid: u32,
+    /// MODSEQ after the change (unchanged if the store was refused).
+    pub modseq: u64,
+    /// Flags after the change.
+    pub flags: Vec<String>,
+    /// False if refused by UNCHANGEDSINCE (RFC 7162 §3.1.3).
+    pub applied: bool,
+}
+
+/// Normalise an address to the form used as account id / key: trimmed and
+/// lower-cased. (Local parts are case-insensitive for Posthorn accounts,
+/// as for Sendmail and Postfix local users.)
+pub fn normalize_address(address: &str) -> String {
+    address.trim().to_ascii_lowercase()
+}
+
+/// Validate a mailbox name (already decoded to UTF-8): non-empty, no empty
+/// hierarchy levels, no `.`/`..` levels, no `*`/`%` wildcards, no control
+/// characters, at most 1,000 bytes. `inbox` in any case becomes `INBOX`.
+pub fn validate_mailbox_name(name: &str) -> Result<String> {
+    let invalid = |reason: &str| Error::Invalid {
+        what: "mailbox name",
+        reason: reason.to_string(),
+    };
+    if name.is_empty() {
+        return Err(invalid("empty"));
+    }
+    if name.len() > 1000 {
+        return Err(invalid("longer than 1000 bytes"));
+    }
+    if name.chars().any(|c| c.is_control() || c == '*' || c == '%') {
+        return Err(invalid("contains a wildcard or control character"));
+    }
+    let levels: Vec<&str> = name.split('/').collect();
+    if levels
+        .iter()
+        .any(|l| l.is_empty() || *l == "." || *l == "..")
+    {
+        return Err(invalid("empty, `.` or `..` hierarchy level"));
+    }
+    if levels[0].eq_ignore_ascii_case("INBOX") {
+        let mut out = String::from("INBOX");
+        for l in &levels[1..] {
+            out.push('/');
+            out.push_str(l);
+        }
+        return Ok(out);
+    }
+    Ok(name.to_string())
+}
+
+/// Mailbox metadata, directory and blob reference counts. Object-safe
+/// (`Arc<dyn MetaStore>`), so services are written once against it.
+#[async_trait]
+pub trait MetaStore: Send + Sync + 'static {
+    /// Whether the backend answers (for `/readyz`).
+    async fn ping(&self) -> Result<()>;
+
+    // --- directory: domains ---
+
+    /// Add a local domain. `AlreadyExists` if present.
+    async fn add_domain(&self, domain: &str) -> Result<()>;
+    /// Remove a local domain. `NotFound` if absent. Refused (`Invalid`) while
+    /// accounts of the domain exist.
+    async fn remove_domain(&self, domain: &str) -> Result<()>;
+    /// All local domains, sorted.
+    async fn list_domains(&self) -> Result<Vec<String>>;
+    /// Whether `domain` is local.
+    async fn is_local_domain(&self, domain: &str) -> Result<bool>;
+
+    // --- directory: accounts ---
+
+    /// Create an account and its [`DEFAULT_MAILBOXES`]. `UnknownDomain` if
+    /// its domain is not local, `AlreadyExists` if present.
+    async fn add_account(&self, address: &str, password_hash: &str) -> Result<()>;
+    /// Look an account up.
+    async fn get_account(&self, address: &str) -> Result<Option<Account>>;
+    /// Remove an account and all its mailboxes and messages (decrementing blob
+    /// reference counts). `NotFound` if absent.
+    async fn remove_account(&self, address: &str) -> Result<()>;
+    /// Accounts, optionally only those of one domain, sorted.
+    async fn list_accounts(&self, domain: Option<&str>) -> Result<Vec<String>>;
+    /// Replace the password hash. `NotFound` if absent.
+    async fn set_password(&self, address: &str, password_hash: &str) -> Result<()>;
+    /// Replace the quota. `NotFound` if absent.
+    async fn set_quota(&self, address: &str, quota: Quota) -> Result<()>;
+    /// Current usage. `NotFound` if absent.
+    async fn get_usage(&self, address: &str) -> Result<Usage>;
+
+    // --- directory: aliases ---
+
+    /// Add or replace an alias.
+    async fn set_alias(&self, alias: &Alias) -> Result<()>;
+    /// Look an alias up (exact address, or `@domain`).
+    async fn get_alias(&self, address: &str) -> Result<Option<Alias>>;
+    /// Remove an alias. `NotFound` if absent.
+    async fn remove_alias(&self, address: &str) -> Result<()>;
+    /// All aliases, sorted by address.
+    async fn list_aliases(&self) -> Result<Vec<Alias>>;
+
+    // --- mailboxes ---
+
+    /// Create a mailbox (name validated). `AlreadyExists` if present.
+    async fn create_mailbox(
+        &self,
+        account: &str,
+        name: &str,
+        special_use: Option<SpecialUse>,
+    ) -> Result<MailboxInfo>;
+    /// Delete a mailbox and its messages. `INBOX` cannot be deleted (`Invalid`).
+    async fn delete_mailbox(&self, account: &str, name: &str) -> Result<()>;
+    /// Rename a mailbox keeping its messages and UIDVALIDITY. Renaming INBOX
+    /// moves its messages to a new mailbox and leaves INBOX empty (RFC 3501).
+    async fn rename_mailbox(&self, account: &str, from: &str, to: &str) -> Result<()>;
+    /// All mailboxes of an account, sorted by name.
+    async fn list_mailboxes(&self, account: &str) -> Result<Vec<MailboxInfo>>;
+    /// One mailbox.
+    async fn get_mailbox(&self, account: &str, name: &str) -> Result<Option<MailboxInfo>>;
+    /// Set the subscription flag.
+    async fn set_subscribed(&self, account: &str, name: &str, subscribed: bool) -> Result<()>;
+
+    // --- messages ---
+
+    /// Append atomically: assign UID and MODSEQ, update usage, increment the
+    /// blob's reference count, record the dedupe key. A repeated dedupe key
+    /// returns [`AppendOutcome::Duplicate`] and changes nothing.
+    async fn append(&self, account: &str, mailbox: &str, msg: NewMessage) -> Result<AppendOutcome>;
+    /// Messages with `lo <= uid <= hi`, ascending by UID.
+    async fn fetch(
+        &self,
+        account: &str,
+        mailbox: &str,
+        lo: u32,
+        hi: u32,
+    ) -> Result<Vec<MessageMeta>>;
+    /// Change flags of the given UIDs (missing UIDs are skipped). With
+    /// `unchanged_since`, messages whose MODSEQ is greater are not changed
+    /// (`applied: false`). Each changed message gets a new MODSEQ.
+    async fn store_flags(
+        &self,
+        account: &str,
+        mailbox: &str,
+        uids: &[u32],
+        op: FlagOp,
+        flags: &[String],
+        unchanged_since: Option<u64>,
+    ) -> Result<Vec<FlagUpdate>>;
+    /// Remove the given UIDs (missing ones skipped); records each in the
+    /// expunge log with a new MODSEQ, updates usage and blob reference counts.
+    /// Returns the UIDs actually removed, ascending.
+    async fn expunge(&self, account: &str, mailbox: &str, uids: &[u32]) -> Result<Vec<u32>>;
+    /// UIDs expunged with MODSEQ greater than `modseq`, ascending (QRESYNC).
+    async fn expunged_since(&self, account: &str, mailbox: &str, modseq: u64) -> Result<Vec<u32>>;
+
+    // --- blob reference counts ---
+
+    /// Current reference count of a blob (0 if unknown).
+    async fn blob_refs(&self, blob_key: &str) -> Result<u64>;
+    /// Blobs whose count dropped to 0 at or before `before` (Unix seconds).
+    async fn gc_candidates(&self, before: i64) -> Result<Vec<String>>;
+    /// Forget a collected blob, only if its count is still 0. Returns whether
+    /// it was forgotten (false: it was referenced again meanwhile).
+    async fn forget_blob(&self, blob_key: &str) -> Result<bool>;
+}
