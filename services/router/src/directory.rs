@@ -1,0 +1,396 @@
+//! The directory and admin gRPC service (`posthorn.router.v1.RouterService`).
+
+use std::sync::Arc;
+
+use argon2::Argon2;
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use posthorn_mailbox_store::{Alias, Error as StoreError, MetaStore, Quota, normalize_address};
+use posthorn_proto::router::v1 as pb;
+use posthorn_proto::router::v1::router_service_server::RouterService;
+use tonic::{Request, Response, Status};
+
+/// Implements [`RouterService`] over a [`MetaStore`].
+pub struct Directory {
+    meta: Arc<dyn MetaStore>,
+}
+
+impl Directory {
+    /// A directory service over `meta`.
+    pub fn new(meta: Arc<dyn MetaStore>) -> Self {
+        Directory { meta }
+    }
+}
+
+/// Map store errors to gRPC statuses: the only place this is decided.
+pub fn status(err: StoreError) -> Status {
+    match err {
+        StoreError::AlreadyExists(what) => Status::already_exists(format!("{what} already exists")),
+        StoreError::NotFound(what) => Status::not_found(format!("{what} does not exist")),
+        StoreError::UnknownDomain(d) => Status::failed_precondition(format!(
+            "domain {d} is not a local domain (add it first: posthorn domain add {d})"
+        )),
+        StoreError::Invalid { what, reason } => {
+            Status::invalid_argument(format!("invalid {what}: {reason}"))
+        }
+        StoreError::Unavailable(e) => {
+            Status::unavailable(format!("metadata store unavailable: {e}"))
+        }
+        StoreError::Corrupt(e) => Status::internal(format!("corrupt record: {e}")),
+    }
+}
+
+/// Validate a domain name (RFC 1035 letters-digits-hyphen labels, or an
+/// IDNA A-label); returns it lower-cased.
+pub fn validate_domain(d: &str) -> Result<String, Status> {
+    let d = d.trim().trim_end_matches('.').to_ascii_lowercase();
+    let bad = |why: &str| Status::invalid_argument(format!("invalid domain {d:?}: {why}"));
+    if d.is_empty() || d.len() > 253 {
+        return Err(bad("must be 1 to 253 characters"));
+    }
+    for label in d.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err(bad("labels must be 1 to 63 characters"));
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(bad("only letters, digits, `-` and `.` are allowed"));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(bad("a label may not start or end with `-`"));
+        }
+    }
+    Ok(d)
+}
+
+/// Validate an account or alias address `local@domain`: RFC 5321 dot-atom
+/// local part (no quoting, no `%`, `!` or `@` tricks). Returns it normalised.
+pub fn validate_address(a: &str) -> Result<String, Status> {
+    let a = normalize_address(a);
+    let (local, domain) = a.rsplit_once('@').ok_or_else(|| {
+        Status::invalid_argument(format!("invalid address {a:?}: expected local@domain"))
+    })?;
+    validate_domain(domain)?;
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || "!#$&'*+-/=?^_`{|}~.".contains(c);
+    if local.is_empty()
+        || local.len() > 64
+        || local.starts_with('.')
+        || local.ends_with('.')
+        || local.contains("..")
+        || !local.chars().all(|c| ok_char(c) || !c.is_ascii())
+        || local.contains('%')
+        || local.contains('!')
+    {
+        return Err(Status::invalid_argument(format!(
+            "invalid address {a:?}: the local part must be a dot-atom of at most 64 characters without `%` or `!`"
+        )));
+    }
+    Ok(a)
+}
+
+/// Hash a password with argon2id (default parameters of the argon2 crate:
+/// m=19 MiB, t=2, p=1, the OWASP recommendation).
+pub async fn hash_password(password: String) -> Result<String, Status> {
+    if password.is_empty() {
+        return Err(Status::invalid_argument("the password may not be empty"));
+    }
+    tokio::task::spawn_blocking(move || {
+        let salt = SaltString::generate(&mut OsRng);
+        Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| Status::internal(format!("hashing failed: {e}")))
+    })
+    .await
+    .map_err(|e| Status::internal(e.to_string()))?
+}
+
+/// Verify a password against a PHC string (constant-time inside argon2).
+pub async fn verify_password(password: String, hash: String) -> bool {
+    tokio::task::spawn_blocking(move || {
+        PasswordHash::new(&hash)
+            .map(|h| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &h)
+                    .is_ok()
+            })
+            .unwrap_or(false)
+    })
+    .await
+    .unwrap_or(false)
+}
+
+fn quota_from(max_bytes: u64, max_messages: u64) -> Quota {
+    Quota {
+        max_bytes: (max_bytes > 0).then_some(max_bytes),
+        max_messages: (max_messages > 0).then_some(max_messages),
+    }
+}
+
+#[tonic::async_trait]
+impl RouterService for Directory {
+    async fn add_domain(
+        &self,
+        req: Request<pb::AddDomainRequest>,
+    ) -> Result<Response<pb::AddDomainResponse>, Status> {
+        let d = validate_domain(&req.get_ref().domain)?;
+        self.meta.add_domain(&d).await.map_err(status)?;
+        tracing::info!(domain = %d, "domain added");
+        Ok(Response::new(pb::AddDomainResponse {}))
+    }
+
+    async fn remove_domain(
+        &self,
+        req: Request<pb::RemoveDomainRequest>,
+    ) -> Result<Response<pb::RemoveDomainResponse>, Status> {
+        let d = validate_domain(&req.get_ref().domain)?;
+        self.meta.remove_domain(&d).await.map_err(status)?;
+        tracing::info!(domain = %d, "domain removed");
+        Ok(Response::new(pb::RemoveDomainResponse {}))
+    }
+
+    async fn list_domains(
+        &self,
+        _req: Request<pb::ListDomainsRequest>,
+    ) -> Result<Response<pb::ListDomainsResponse>, Status> {
+        let domains = self.meta.list_domains().await.map_err(status)?;
+        Ok(Response::new(pb::ListDomainsResponse { domains }))
+    }
+
+    async fn add_user(
+        &self,
+        req: Request<pb::AddUserRequest>,
+    ) -> Result<Response<pb::AddUserResponse>, Status> {
+        let req = req.into_inner();
+        let a = validate_address(&req.address)?;
+        if self.meta.get_account(&a).await.map_err(status)?.is_some() {
+            return Err(Status::already_exists(format!("user {a} already exists")));
+        }
+        let hash = hash_password(req.password).await?;
+        self.meta.add_account(&a, &hash).await.map_err(status)?;
+        tracing::info!(account = %a, "user added");
+        Ok(Response::new(pb::AddUserResponse {}))
+    }
+
+    async fn remove_user(
+        &self,
+        req: Request<pb::RemoveUserRequest>,
+    ) -> Result<Response<pb::RemoveUserResponse>, Status> {
+        let a = validate_address(&req.get_ref().address)?;
+        self.meta.remove_account(&a).await.map_err(status)?;
+        tracing::info!(account = %a, "user removed");
+        Ok(Response::new(pb::RemoveUserResponse {}))
+    }
+
+    async fn list_users(
+        &self,
+        req: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<pb::ListUsersResponse>, Status> {
+        let d = &req.get_ref().domain;
+        let domain = if d.is_empty() {
+            None
+        } else {
+            Some(validate_domain(d)?)
+        };
+        let addresses = self
+            .meta
+            .list_accounts(domain.as_deref())
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ListUsersResponse { addresses }))
+    }
+
+    async fn set_password(
+        &self,
+        req: Request<pb::SetPasswordRequest>,
+    ) -> Result<Response<pb::SetPasswordResponse>, Status> {
+        let req = req.into_inner();
+        let a = validate_address(&req.address)?;
+        if self.meta.get_account(&a).await.map_err(status)?.is_none() {
+            return Err(Status::not_found(format!("user {a} does not exist")));
+        }
+        let hash = hash_password(req.password).await?;
+        self.meta.set_password(&a, &hash).await.map_err(status)?;
+        tracing::info!(account = %a, "password changed");
+        Ok(Response::new(pb::SetPasswordResponse {}))
+    }
+
+    async fn set_quota(
+        &self,
+        req: Request<pb::SetQuotaRequest>,
+    ) -> Result<Response<pb::SetQuotaResponse>, Status> {
+        let req = req.into_inner();
+        let a = validate_address(&req.address)?;
+        self.meta
+            .set_quota(&a, quota_from(req.max_bytes, req.max_messages))
+            .await
+            .map_err(status)?;
+        tracing::info!(account = %a, max_bytes = req.max_bytes, max_messages = req.max_messages, "quota set");
+        Ok(Response::new(pb::SetQuotaResponse {}))
+    }
+
+    async fn get_user(
+        &self,
+        req: Request<pb::GetUserRequest>,
+    ) -> Result<Response<pb::GetUserResponse>, Status> {
+        let a = validate_address(&req.get_ref().address)?;
+        let acct = self
+            .meta
+            .get_account(&a)
+            .await
+            .map_err(status)?
+            .ok_or_else(|| Status::not_found(format!("user {a} does not exist")))?;
+        let usage = self.meta.get_usage(&a).await.map_err(status)?;
+        Ok(Response::new(pb::GetUserResponse {
+            address: acct.address,
+            max_bytes: acct.quota.max_bytes.unwrap_or(0),
+            max_messages: acct.quota.max_messages.unwrap_or(0),
+            used_bytes: usage.bytes,
+            used_messages: usage.messages,
+        }))
+    }
+
+    async fn add_alias(
+        &self,
+        req: Request<pb::AddAliasRequest>,
+    ) -> Result<Response<pb::AddAliasResponse>, Status> {
+        let req = req.into_inner();
+        let alias = if let Some(domain) = req.alias.trim().strip_prefix('@') {
+            format!("@{}", validate_domain(domain)?)
+        } else {
+            validate_address(&req.alias)?
+        };
+        let domain = alias
+            .rsplit_once('@')
+            .map(|(_, d)| d.to_string())
+            .unwrap_or_default();
+        if !self.meta.is_local_domain(&domain).await.map_err(status)? {
+            return Err(status(StoreError::UnknownDomain(domain)));
+        }
+        if req.targets.is_empty() {
+            return Err(Status::invalid_argument(
+                "an alias needs at least one target",
+            ));
+        }
+        let mut targets = Vec::new();
+        for t in &req.targets {
+            let t = t.trim();
+            if t.starts_with('|') {
+                return Err(Status::invalid_argument(format!(
+                    "target {t:?}: program targets (`|command`) are not supported"
+                )));
+            }
+            if t.starts_with(":include:") {
+                return Err(Status::invalid_argument(format!(
+                    "target {t:?}: `:include:` files are not supported; list the addresses"
+                )));
+            }
+            if t.starts_with('/') {
+                return Err(Status::invalid_argument(format!(
+                    "target {t:?}: file targets are not supported"
+                )));
+            }
+            // A bare local name is allowed (it is qualified when expanded).
+            if t.contains('@') {
+                targets.push(validate_address(t)?);
+            } else {
+                targets.push(normalize_address(t));
+            }
+        }
+        self.meta
+            .set_alias(&Alias {
+                address: alias.clone(),
+                targets,
+            })
+            .await
+            .map_err(status)?;
+        tracing::info!(alias = %alias, "alias set");
+        Ok(Response::new(pb::AddAliasResponse {}))
+    }
+
+    async fn remove_alias(
+        &self,
+        req: Request<pb::RemoveAliasRequest>,
+    ) -> Result<Response<pb::RemoveAliasResponse>, Status> {
+        let a = normalize_address(&req.get_ref().alias);
+        self.meta.remove_alias(&a).await.map_err(status)?;
+        Ok(Response::new(pb::RemoveAliasResponse {}))
+    }
+
+    async fn list_aliases(
+        &self,
+        _req: Request<pb::ListAliasesRequest>,
+    ) -> Result<Response<pb::ListAliasesResponse>, Status> {
+        let aliases = self
+            .meta
+            .list_aliases()
+            .await
+            .map_err(status)?
+            .into_iter()
+            .map(|a| pb::Alias {
+                alias: a.address,
+                targets: a.targets,
+            })
+            .collect();
+        Ok(Response::new(pb::ListAliasesResponse { aliases }))
+    }
+
+    async fn authenticate(
+        &self,
+        req: Request<pb::AuthenticateRequest>,
+    ) -> Result<Response<pb::AuthenticateResponse>, Status> {
+        let req = req.into_inner();
+        let a = normalize_address(&req.address);
+        let acct = self.meta.get_account(&a).await.map_err(status)?;
+        let ok = match acct {
+            Some(acct) => verify_password(req.password, acct.password_hash).await,
+            None => {
+                // Spend the same time as a real check, so timing does not
+                // reveal which accounts exist.
+                let _ = verify_password(req.password, DUMMY_HASH.to_string()).await;
+                false
+            }
+        };
+        Ok(Response::new(pb::AuthenticateResponse {
+            ok,
+            account: if ok { a } else { String::new() },
+        }))
+    }
+}
+
+/// argon2id hash of a random password, for constant-time failure.
+const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$3O3sLBy8Ad1qjxDw1nR8HzBRZJm0mXNOo9L7+qOLrO0";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        assert_eq!(
+            validate_address("Alice@Example.TEST").unwrap(),
+            "alice@example.test"
+        );
+        for bad in [
+            "alice",
+            "@example.test",
+            "a..b@x.test",
+            "user%elsewhere@x.test",
+            "a@-x.test",
+            "a@x_y.test",
+        ] {
+            assert!(validate_address(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn password_roundtrip() {
+        let h = hash_password("s3cret".into()).await.unwrap();
+        assert!(h.starts_with("$argon2id$"));
+        assert!(verify_password("s3cret".into(), h.clone()).await);
+        assert!(!verify_password("wrong".into(), h).await);
+        assert!(!verify_password("x".into(), DUMMY_HASH.into()).await);
+    }
+}

@@ -1,0 +1,79 @@
+//! The router tier.
+//!
+//! Serves the directory and admin gRPC API (`posthorn.router.v1`) with the
+//! standard `grpc.health.v1` service beside it, and its side HTTP port.
+//! Consuming the inbound queue (alias expansion, local delivery, remote
+//! split) is the SMTP/router issue's work.
+//!
+//! # Layout
+//! - [`directory`]: the gRPC service over the metadata store.
+
+#![warn(missing_docs)]
+
+pub mod directory;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use posthorn_backends::{BoxError, Provider, on_shutdown, watch_health};
+use posthorn_config::Config;
+use posthorn_proto::router::v1::router_service_server::RouterServiceServer;
+use posthorn_runtime::Health;
+use tokio::sync::watch;
+
+/// Run the router until `shutdown` turns true.
+pub async fn run(
+    cfg: Arc<Config>,
+    provider: Provider,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), BoxError> {
+    let health = Health::new("router");
+    let http = posthorn_runtime::bind_http(&cfg.router.http_listen).await?;
+    tokio::spawn(posthorn_runtime::serve_http(
+        http,
+        health.clone(),
+        on_shutdown(shutdown.clone()),
+    ));
+
+    let grpc = tokio::net::TcpListener::bind(&cfg.router.grpc_listen)
+        .await
+        .map_err(|e| format!("router: cannot listen on {}: {e}", cfg.router.grpc_listen))?;
+    tracing::info!(tier = "router", addr = %grpc.local_addr()?, "gRPC (directory, admin) listening");
+
+    let Some(backends) = provider.get(&health, &shutdown).await else {
+        return Ok(());
+    };
+
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    reporter
+        .set_serving::<RouterServiceServer<directory::Directory>>()
+        .await;
+    tokio::spawn(watch_health(
+        backends.clone(),
+        health.clone(),
+        shutdown.clone(),
+        Duration::from_secs(5),
+        || async { Ok(()) },
+    ));
+
+    let directory = directory::Directory::new(backends.meta.clone());
+    let stop = {
+        let health = health.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            on_shutdown(shutdown).await;
+            health.set_not_ready("shutting down");
+            reporter
+                .set_not_serving::<RouterServiceServer<directory::Directory>>()
+                .await;
+        }
+    };
+    tonic::transport::Server::builder()
+        .timeout(Duration::from_secs(30))
+        .add_service(health_service)
+        .add_service(RouterServiceServer::new(directory))
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc), stop)
+        .await?;
+    tracing::info!(tier = "router", "stopped");
+    Ok(())
+}
