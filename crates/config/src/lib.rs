@@ -312,6 +312,12 @@ pub struct RouterConfig {
     pub grpc_listen: String,
     /// Side HTTP port: /healthz, /readyz, /metrics.
     pub http_listen: String,
+    /// Seconds an inbound item may be in work before it is redelivered.
+    pub ack_wait_secs: u64,
+    /// Deliveries of one inbound item before it goes to the dead-letter queue.
+    pub max_deliver: u32,
+    /// Inbound items routed at the same time by one router process.
+    pub concurrency: u32,
 }
 
 impl Default for RouterConfig {
@@ -319,6 +325,9 @@ impl Default for RouterConfig {
         RouterConfig {
             grpc_listen: "127.0.0.1:50051".into(),
             http_listen: "127.0.0.1:9081".into(),
+            ack_wait_secs: 60,
+            max_deliver: 20,
+            concurrency: 32,
         }
     }
 }

@@ -37,6 +37,7 @@ pub async fn run_all(store: Arc<dyn MetaStore>) {
     uids_never_reused(&store).await;
     uidvalidity_changes_on_recreate(&store).await;
     account_isolation(&store).await;
+    header_prefix_roundtrip(&store).await;
 }
 
 // --- helpers ---
@@ -56,6 +57,7 @@ fn msg(blob: &str, size: u64, flags: &[&str], dedupe_key: Option<&str>) -> NewMe
         internal_date: 1_700_000_000,
         size,
         blob_key: blob.to_string(),
+        header_prefix: String::new(),
         envelope: Some(format!("(envelope of {blob})")),
         bodystructure: Some("(\"text\" \"plain\")".to_string()),
     }
@@ -1466,4 +1468,125 @@ pub async fn account_isolation(store: &Arc<dyn MetaStore>) {
     assert_eq!(m[0].envelope.as_deref(), Some("(envelope of conf-iso-a)"));
     assert_eq!(m[0].internal_date, 1_700_000_000);
     assert_eq!(m[0].size, 1);
+}
+
+/// The per-copy header prefix is stored byte-identical and returned by
+/// fetch; one blob shared by two copies keeps each copy's own prefix; the
+/// prefix survives STORE and RENAME; without one, fetch returns "".
+pub async fn header_prefix_roundtrip(store: &Arc<dyn MetaStore>) {
+    let case = "header_prefix_roundtrip";
+    let a = "rita@conf-prefix.test";
+    setup_account(store, case, "conf-prefix.test", a).await;
+    let blob = "conf-prefix-shared";
+    // CRLFs, a tab (folded line), quotes, a backslash, JSON-ish and Lua
+    // pattern characters, spaces and non-ASCII: all must come back as is.
+    let p1 = "Return-Path: <sender+x@conf-prefix.test>\r\n\
+              Delivered-To: rita@conf-prefix.test\r\n\
+              X-Trace: \"q\" \\ {\"k\":[1]} %s %d 100%\r\n\
+              \tfolded  two  spaces, caf\u{e9}\r\n";
+    let p2 = "Return-Path: <>\r\nDelivered-To: other@conf-prefix.test\r\n";
+    let with = |prefix: &str, key: Option<&str>| {
+        let mut m = msg(blob, (prefix.len() + 100) as u64, &[], key);
+        m.header_prefix = prefix.to_string();
+        m
+    };
+    let before = usage(store, case, a).await;
+    let key1 = "<p1@conf>/rita@conf-prefix.test";
+    let (u1, _) = appended(store, case, a, "INBOX", with(p1, Some(key1))).await;
+    ok(
+        case,
+        "create",
+        store.create_mailbox(a, "Copies", None).await,
+    );
+    let (u2, _) = appended(store, case, a, "Copies", with(p2, None)).await;
+    let (u3, _) = appended(
+        store,
+        case,
+        a,
+        "INBOX",
+        msg("conf-prefix-plain", 7, &[], None),
+    )
+    .await;
+    assert_eq!(
+        ok(case, "blob_refs", store.blob_refs(blob).await),
+        2,
+        "[{case}] two copies share one blob"
+    );
+    assert_eq!(
+        usage(store, case, a).await,
+        Usage {
+            bytes: before.bytes + (p1.len() + 100) as u64 + (p2.len() + 100) as u64 + 7,
+            messages: before.messages + 3,
+        },
+        "[{case}] usage counts size as passed (prefix included)"
+    );
+
+    // A duplicate with another prefix changes nothing.
+    match ok(
+        case,
+        "duplicate append",
+        store.append(a, "INBOX", with(p2, Some(key1))).await,
+    ) {
+        AppendOutcome::Duplicate { uid } => assert_eq!(uid, u1, "[{case}] duplicate uid"),
+        other => panic!("[{case}] duplicate append: expected Duplicate, got {other:?}"),
+    }
+
+    let inbox = ok(case, "fetch", store.fetch(a, "INBOX", 1, u32::MAX).await);
+    assert_eq!(inbox.len(), 2, "[{case}] INBOX messages");
+    assert_eq!(inbox[0].uid, u1);
+    assert_eq!(
+        inbox[0].header_prefix.as_bytes(),
+        p1.as_bytes(),
+        "[{case}] prefix not byte-identical"
+    );
+    assert_eq!(inbox[0].size, (p1.len() + 100) as u64, "[{case}] size");
+    assert_eq!(inbox[0].blob_key, blob);
+    assert_eq!(inbox[1].uid, u3);
+    assert_eq!(
+        inbox[1].header_prefix, "",
+        "[{case}] append without a prefix must fetch \"\""
+    );
+    let copies = ok(
+        case,
+        "fetch copies",
+        store.fetch(a, "Copies", 1, u32::MAX).await,
+    );
+    assert_eq!(copies.len(), 1);
+    assert_eq!((copies[0].uid, copies[0].blob_key.as_str()), (u2, blob));
+    assert_eq!(
+        copies[0].header_prefix, p2,
+        "[{case}] each copy keeps its own prefix"
+    );
+
+    // The prefix is immutable: flag changes and a rename keep it.
+    ok(
+        case,
+        "store_flags",
+        store
+            .store_flags(a, "INBOX", &[u1], FlagOp::Add, &strings(&["\\Seen"]), None)
+            .await,
+    );
+    ok(
+        case,
+        "rename",
+        store.rename_mailbox(a, "Copies", "Copies2").await,
+    );
+    let one = ok(
+        case,
+        "fetch after store",
+        store.fetch(a, "INBOX", u1, u1).await,
+    );
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].flags, strings(&["\\Seen"]));
+    assert_eq!(one[0].header_prefix, p1, "[{case}] prefix changed by STORE");
+    let moved = ok(
+        case,
+        "fetch after rename",
+        store.fetch(a, "Copies2", 1, u32::MAX).await,
+    );
+    assert_eq!(moved.len(), 1);
+    assert_eq!(
+        moved[0].header_prefix, p2,
+        "[{case}] prefix changed by RENAME"
+    );
 }

@@ -17,7 +17,7 @@
 //! | `accounts` | address | JSON account record (hash, quota, usage, last UIDVALIDITY) |
 //! | `aliases` | alias address or `@domain` | JSON list of targets |
 //! | `mailboxes` | (address, mailbox name) | JSON mailbox record (id + [`MailboxInfo`]) |
-//! | `messages` | (mailbox id, uid) | JSON [`MessageMeta`] |
+//! | `messages` | (mailbox id, uid) | JSON [`MessageMeta`] (including its `header_prefix`, the per-copy trace header lines; absent in older records = empty) |
 //! | `expunged` | (mailbox id, uid) | MODSEQ of the expunge |
 //! | `dedupe` | (address, dedupe key) | uid |
 //! | `blobs` | blob key | reference count |
@@ -763,6 +763,7 @@ impl MetaStore for EmbeddedStore {
                 internal_date: msg.internal_date,
                 size: msg.size,
                 blob_key: msg.blob_key.clone(),
+                header_prefix: msg.header_prefix,
                 envelope: msg.envelope,
                 bodystructure: msg.bodystructure,
             };

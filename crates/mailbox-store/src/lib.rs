@@ -12,8 +12,11 @@
 //! `local@domain`. Each account has mailboxes; each mailbox has UIDVALIDITY,
 //! UIDNEXT, HIGHESTMODSEQ, a special-use attribute and a subscription flag.
 //! Messages carry UID, MODSEQ, flags (system flags and keywords as strings,
-//! e.g. `\Seen`, `$Forwarded`), internal date, size, blob key and a cached
-//! parsed ENVELOPE/BODYSTRUCTURE (opaque strings, produced by the caller).
+//! e.g. `\Seen`, `$Forwarded`), internal date, size, blob key, a header
+//! prefix (per-copy trace lines such as `Return-Path:`/`Delivered-To:`, read
+//! before the blob's bytes, so one blob can be shared by many recipients) and
+//! a cached parsed ENVELOPE/BODYSTRUCTURE (opaque strings, produced by the
+//! caller).
 //! UID and MODSEQ are assigned in the same atomic step as the write
 //! (DESIGN.md invariants 3 and 8). Every mailbox keeps an expunge log.
 //!
@@ -171,10 +174,15 @@ pub struct NewMessage {
     pub flags: Vec<String>,
     /// Internal date, seconds since the Unix epoch.
     pub internal_date: i64,
-    /// Size in octets (RFC822.SIZE).
+    /// Size in octets (RFC822.SIZE): header prefix plus blob.
     pub size: u64,
     /// Content-addressed blob key of the body.
     pub blob_key: String,
+    /// Header lines (CRLF-terminated) shown before the blob's bytes when the
+    /// message is read, e.g. `Return-Path: <a@b>\r\nDelivered-To: c@d\r\n`;
+    /// empty for IMAP APPEND. `size` includes it.
+    #[serde(default)]
+    pub header_prefix: String,
     /// Cached ENVELOPE (opaque, produced by the caller).
     pub envelope: Option<String>,
     /// Cached BODYSTRUCTURE (opaque, produced by the caller).
@@ -209,10 +217,15 @@ pub struct MessageMeta {
     pub flags: Vec<String>,
     /// Internal date, seconds since the Unix epoch.
     pub internal_date: i64,
-    /// Size in octets.
+    /// Size in octets: header prefix plus blob.
     pub size: u64,
     /// Blob key of the body.
     pub blob_key: String,
+    /// Header lines (CRLF-terminated) shown before the blob's bytes when the
+    /// message is read, e.g. `Return-Path: <a@b>\r\nDelivered-To: c@d\r\n`;
+    /// empty for IMAP APPEND. `size` includes it.
+    #[serde(default)]
+    pub header_prefix: String,
     /// Cached ENVELOPE.
     pub envelope: Option<String>,
     /// Cached BODYSTRUCTURE.
@@ -397,4 +410,26 @@ pub trait MetaStore: Send + Sync + 'static {
     /// Forget a collected blob, only if its count is still 0. Returns whether
     /// it was forgotten (false: it was referenced again meanwhile).
     async fn forget_blob(&self, blob_key: &str) -> Result<bool>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_without_header_prefix_decode() {
+        let m: MessageMeta = serde_json::from_str(
+            r#"{"uid":3,"modseq":9,"flags":["\\Seen"],"internal_date":1,"size":10,
+                "blob_key":"k","envelope":null,"bodystructure":null}"#,
+        )
+        .unwrap();
+        assert_eq!(m.header_prefix, "");
+        assert_eq!(m.flags, vec!["\\Seen".to_string()]);
+        let n: NewMessage = serde_json::from_str(
+            r#"{"dedupe_key":null,"flags":[],"internal_date":1,"size":10,
+                "blob_key":"k","envelope":null,"bodystructure":null}"#,
+        )
+        .unwrap();
+        assert_eq!(n.header_prefix, "");
+    }
 }

@@ -18,7 +18,7 @@
 //! | `mbox:{<a>}:<id>` | hash | `name`, `uidvalidity`, `uidnext`, `hms` (HIGHESTMODSEQ), `exists`, `unseen`, `su` (special-use or empty), `sub` (0/1) |
 //! | `uids:{<a>}:<id>` | sorted set | member and score = UID of each message (UID ranges) |
 //! | `mst:{<a>}:<id>` | hash | UID → `"<modseq> <size> <blob key> <flag> <flag> ..."` (the mutable state and what EXPUNGE needs) |
-//! | `msg:{<a>}:<id>` | hash | UID → JSON `{internal_date, envelope, bodystructure}` (immutable) |
+//! | `msg:{<a>}:<id>` | hash | UID → JSON `{internal_date, header_prefix, envelope, bodystructure}` (immutable; `header_prefix` = per-copy trace header lines shown before the blob, absent in older records = empty) |
 //! | `expunged:{<a>}:<id>` | sorted set | member = expunged UID, score = MODSEQ of the expunge (QRESYNC) |
 //! | `dedupe:{<a>}` | hash | dedupe key (`<message id>/<recipient>`) → UID it got |
 //!
@@ -700,6 +700,9 @@ fn parse_info(v: Value) -> Result<MailboxInfo> {
 #[derive(Serialize, Deserialize)]
 struct MsgData {
     internal_date: i64,
+    /// Per-copy header lines read before the blob; absent in older records.
+    #[serde(default)]
+    header_prefix: String,
     envelope: Option<String>,
     bodystructure: Option<String>,
 }
@@ -1177,6 +1180,7 @@ impl MetaStore for RedisStore {
         let flags = dedup_flags(&msg.flags);
         let data = serde_json::to_string(&MsgData {
             internal_date: msg.internal_date,
+            header_prefix: msg.header_prefix,
             envelope: msg.envelope,
             bodystructure: msg.bodystructure,
         })
@@ -1259,6 +1263,7 @@ impl MetaStore for RedisStore {
                 internal_date: data.internal_date,
                 size,
                 blob_key,
+                header_prefix: data.header_prefix,
                 envelope: data.envelope,
                 bodystructure: data.bodystructure,
             });
@@ -1427,5 +1432,14 @@ mod tests {
         assert_eq!((m, s, b.as_str()), (7, 120, "sha"));
         assert_eq!(f, vec!["\\Seen", "$X"]);
         assert!(parse_state("7 x").is_err());
+    }
+
+    #[test]
+    fn msg_data_without_header_prefix_decodes() {
+        let d: MsgData =
+            serde_json::from_str(r#"{"internal_date":5,"envelope":null,"bodystructure":"(b)"}"#)
+                .unwrap();
+        assert_eq!(d.header_prefix, "");
+        assert_eq!(d.internal_date, 5);
     }
 }

@@ -2,6 +2,14 @@
 
 #![allow(missing_docs, clippy::all)]
 
+/// `posthorn.common.*`
+pub mod common {
+    /// `posthorn.common.v1`: the envelope on the queues.
+    pub mod v1 {
+        tonic::include_proto!("posthorn.common.v1");
+    }
+}
+
 /// `posthorn.router.*`
 pub mod router {
     /// `posthorn.router.v1`

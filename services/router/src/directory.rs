@@ -10,15 +10,18 @@ use posthorn_proto::router::v1 as pb;
 use posthorn_proto::router::v1::router_service_server::RouterService;
 use tonic::{Request, Response, Status};
 
+use crate::route::{Addressing, Decision, Target};
+
 /// Implements [`RouterService`] over a [`MetaStore`].
 pub struct Directory {
     meta: Arc<dyn MetaStore>,
+    addressing: Arc<Addressing>,
 }
 
 impl Directory {
     /// A directory service over `meta`.
-    pub fn new(meta: Arc<dyn MetaStore>) -> Self {
-        Directory { meta }
+    pub fn new(meta: Arc<dyn MetaStore>, addressing: Arc<Addressing>) -> Self {
+        Directory { meta, addressing }
     }
 }
 
@@ -337,6 +340,34 @@ impl RouterService for Directory {
         Ok(Response::new(pb::ListAliasesResponse { aliases }))
     }
 
+    async fn check_recipient(
+        &self,
+        req: Request<pb::CheckRecipientRequest>,
+    ) -> Result<Response<pb::CheckRecipientResponse>, Status> {
+        Ok(Response::new(
+            self.check_recipient_impl(req.into_inner()).await?,
+        ))
+    }
+
+    async fn check_sender(
+        &self,
+        req: Request<pb::CheckSenderRequest>,
+    ) -> Result<Response<pb::CheckSenderResponse>, Status> {
+        let req = req.into_inner();
+        let account = normalize_address(&req.account);
+        let address = normalize_address(&req.address);
+        // Its own address, or an alias/catch-all that delivers to it.
+        let allowed = address == account
+            || (address.contains('@')
+                && self
+                    .addressing
+                    .expand(&address)
+                    .await
+                    .map_err(status)?
+                    .contains(&Target::Local(account.clone())));
+        Ok(Response::new(pb::CheckSenderResponse { allowed }))
+    }
+
     async fn authenticate(
         &self,
         req: Request<pb::AuthenticateRequest>,
@@ -357,6 +388,36 @@ impl RouterService for Directory {
             ok,
             account: if ok { a } else { String::new() },
         }))
+    }
+}
+
+impl Directory {
+    /// RCPT TO decision (see [`Addressing::decide`]).
+    pub async fn check_recipient_impl(
+        &self,
+        req: pb::CheckRecipientRequest,
+    ) -> Result<pb::CheckRecipientResponse, Status> {
+        use pb::Verdict;
+        let d = self
+            .addressing
+            .decide(&req.address, req.authenticated, req.relay_network, req.size)
+            .await
+            .map_err(status)?;
+        let (verdict, detail, qualified) = match d {
+            Decision::Local(q) => (Verdict::Local, String::new(), q),
+            Decision::Relay(q) => (Verdict::Relay, String::new(), q),
+            Decision::UnknownUser(q) => {
+                (Verdict::UnknownUser, format!("{q}: no such user here"), q)
+            }
+            Decision::OverQuota(q) => (Verdict::OverQuota, format!("{q}: mailbox full"), q),
+            Decision::RelayDenied(q) => (Verdict::RelayDenied, format!("{q}: relaying denied"), q),
+            Decision::Invalid(why) => (Verdict::Invalid, why, String::new()),
+        };
+        Ok(pb::CheckRecipientResponse {
+            verdict: verdict as i32,
+            detail,
+            qualified,
+        })
     }
 }
 

@@ -2,15 +2,19 @@
 //!
 //! Serves the directory and admin gRPC API (`posthorn.router.v1`) with the
 //! standard `grpc.health.v1` service beside it, and its side HTTP port.
-//! Consuming the inbound queue (alias expansion, local delivery, remote
-//! split) is the SMTP/router issue's work.
+//! Consumes the inbound queue: alias expansion, local delivery into INBOX,
+//! remote recipients onto the outbound queue.
 //!
 //! # Layout
 //! - [`directory`]: the gRPC service over the metadata store.
+//! - [`route`]: addressing (qualification, aliases, catch-alls, relay control).
+//! - [`inbound`]: the inbound queue consumer.
 
 #![warn(missing_docs)]
 
 pub mod directory;
+pub mod inbound;
+pub mod route;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,7 +60,22 @@ pub async fn run(
         || async { Ok(()) },
     ));
 
-    let directory = directory::Directory::new(backends.meta.clone());
+    let addressing = Arc::new(route::Addressing::new(
+        backends.meta.clone(),
+        &cfg.server.primary_domain,
+        &cfg.server.hostname,
+    ));
+    let consumer = tokio::spawn(inbound::consume(
+        addressing.clone(),
+        backends.clone(),
+        posthorn_bus::ConsumerConfig {
+            ack_wait: Duration::from_secs(cfg.router.ack_wait_secs),
+            max_deliver: cfg.router.max_deliver,
+        },
+        cfg.router.concurrency as usize,
+        shutdown.clone(),
+    ));
+    let directory = directory::Directory::new(backends.meta.clone(), addressing);
     let stop = {
         let health = health.clone();
         let shutdown = shutdown.clone();
@@ -74,6 +93,7 @@ pub async fn run(
         .add_service(RouterServiceServer::new(directory))
         .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc), stop)
         .await?;
+    let _ = consumer.await;
     tracing::info!(tier = "router", "stopped");
     Ok(())
 }

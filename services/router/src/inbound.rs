@@ -1,0 +1,240 @@
+//! The inbound queue consumer: expand each accepted message's recipients,
+//! deliver local ones into their INBOX, queue remote ones for delivery, and
+//! only then acknowledge.
+//!
+//! Idempotent under redelivery (DESIGN.md invariant 2): every append carries
+//! the dedupe key `<message id>/<account>`, every outbound item the message
+//! id `<message id>/<recipient>`, so a router killed at any point and a
+//! redelivered item add nothing twice.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use posthorn_backends::Backends;
+use posthorn_bus::{ConsumerConfig, Delivery, MailboxEvent, Queue};
+use posthorn_mailbox_store::{AppendOutcome, NewMessage};
+use posthorn_proto::common::v1::{Envelope, OutboundItem, Recipient};
+use prost::Message;
+use tokio::sync::{Semaphore, watch};
+
+use crate::route::{Addressing, Target};
+
+/// Why handling an item failed.
+#[derive(Debug)]
+enum Failure {
+    /// Try again later (backend down).
+    Transient(String),
+    /// Never going to work (undecodable payload).
+    Poison(String),
+}
+
+/// Consume the inbound queue until shutdown.
+pub async fn consume(
+    addressing: Arc<Addressing>,
+    backends: Backends,
+    config: ConsumerConfig,
+    concurrency: usize,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff =
+        posthorn_runtime::Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    let mut consumer = loop {
+        match backends
+            .bus
+            .consumer(Queue::Inbound, "router", config)
+            .await
+        {
+            Ok(c) => break c,
+            Err(e) => {
+                let d = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in = ?d, "cannot open the inbound consumer");
+                tokio::select! {
+                    _ = tokio::time::sleep(d) => continue,
+                    _ = shutdown.changed() => return,
+                }
+            }
+        }
+    };
+    let limit = Arc::new(Semaphore::new(concurrency.max(1)));
+    tracing::info!(tier = "router", "consuming the inbound queue");
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        // Wait for a free slot before taking an item, so items are not held
+        // (and their ack wait running) while we cannot work on them.
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = shutdown.changed() => break,
+        };
+        let next = tokio::select! {
+            n = consumer.next(Duration::from_secs(1)) => n,
+            _ = shutdown.changed() => break,
+        };
+        match next {
+            Ok(Some(delivery)) => {
+                let (addressing, backends) = (addressing.clone(), backends.clone());
+                tokio::spawn(async move {
+                    handle(&addressing, &backends, delivery).await;
+                    drop(permit);
+                });
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let d = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in = ?d, "inbound queue unavailable");
+                tokio::time::sleep(d).await;
+            }
+        }
+    }
+    // Let in-flight items finish (un-acked ones are redelivered anyway).
+    let _ = tokio::time::timeout(
+        Duration::from_secs(10),
+        limit.acquire_many(concurrency.max(1) as u32),
+    )
+    .await;
+}
+
+async fn handle(addressing: &Addressing, backends: &Backends, delivery: Delivery) {
+    let started = std::time::Instant::now();
+    let attempt = delivery.attempt;
+    match route(addressing, backends, &delivery).await {
+        Ok(()) => {
+            if let Err(e) = delivery.ack().await {
+                // Not acked: it is redelivered and the dedupe keys make that harmless.
+                tracing::warn!(error = %e, "ack failed; the item will be redelivered");
+            }
+            metrics::counter!("posthorn_router_routed_total").increment(1);
+            metrics::histogram!("posthorn_router_route_seconds")
+                .record(started.elapsed().as_secs_f64());
+        }
+        Err(Failure::Transient(e)) => {
+            let delay = Duration::from_secs((1u64 << attempt.min(6)).min(60));
+            tracing::warn!(error = %e, attempt, retry_in = ?delay, "routing failed; will retry");
+            metrics::counter!("posthorn_router_retries_total").increment(1);
+            let _ = delivery.nak(Some(delay)).await;
+        }
+        Err(Failure::Poison(e)) => {
+            tracing::error!(error = %e, "undecodable inbound item moved to the dead-letter queue");
+            let _ = delivery.term().await;
+        }
+    }
+}
+
+fn transient<E: std::fmt::Display>(e: E) -> Failure {
+    Failure::Transient(e.to_string())
+}
+
+async fn route(
+    addressing: &Addressing,
+    backends: &Backends,
+    delivery: &Delivery,
+) -> Result<(), Failure> {
+    let env = Envelope::decode(delivery.payload.clone())
+        .map_err(|e| Failure::Poison(format!("bad envelope: {e}")))?;
+    let span = tracing::info_span!("route", msg_id = %env.id, from = %env.mail_from);
+    let _enter = span.enter();
+
+    // Expand every recipient; one copy per account.
+    let mut locals: BTreeMap<String, ()> = BTreeMap::new();
+    let mut remotes: BTreeMap<String, (Recipient, String)> = BTreeMap::new();
+    for rcpt in &env.rcpt_to {
+        let q = match addressing
+            .qualify(&rcpt.address, env.relay_client)
+            .await
+            .map_err(transient)?
+        {
+            Ok(q) => q,
+            Err(d) => {
+                tracing::warn!(rcpt = %rcpt.address, decision = ?d, "recipient no longer routable");
+                continue;
+            }
+        };
+        let targets = addressing.expand(&q).await.map_err(transient)?;
+        if targets.is_empty() {
+            // Accepted at RCPT time, gone since (account removed). The
+            // bounce for this case comes with the delivery/DSN work.
+            tracing::warn!(rcpt = %q, "no such recipient at routing time; not delivered");
+        }
+        for t in targets {
+            match t {
+                Target::Local(acct) => {
+                    locals.insert(acct, ());
+                }
+                Target::Remote(addr) => {
+                    let from = if addr == q { String::new() } else { q.clone() };
+                    remotes.entry(addr.clone()).or_insert_with(|| {
+                        (
+                            Recipient {
+                                address: addr,
+                                notify: rcpt.notify.clone(),
+                                orcpt: rcpt.orcpt.clone(),
+                            },
+                            from,
+                        )
+                    });
+                }
+            }
+        }
+    }
+
+    for acct in locals.keys() {
+        let prefix = format!(
+            "Return-Path: <{}>\r\nDelivered-To: {}\r\n",
+            env.mail_from, acct
+        );
+        let msg = NewMessage {
+            dedupe_key: Some(format!("{}/{}", env.id, acct)),
+            flags: Vec::new(),
+            internal_date: env.received_at,
+            size: env.size + prefix.len() as u64,
+            blob_key: env.blob_key.clone(),
+            envelope: None,
+            bodystructure: None,
+            header_prefix: prefix,
+        };
+        match backends.meta.append(acct, "INBOX", msg).await {
+            Ok(AppendOutcome::Appended { uid, .. }) => {
+                tracing::info!(account = %acct, uid, "delivered");
+                metrics::counter!("posthorn_router_local_deliveries_total").increment(1);
+            }
+            Ok(AppendOutcome::Duplicate { uid }) => {
+                tracing::info!(account = %acct, uid, "already delivered (redelivery)");
+            }
+            Err(e) if e.is_transient() => return Err(transient(e)),
+            Err(e) => {
+                // Account or INBOX vanished: nothing to retry.
+                tracing::error!(account = %acct, error = %e, "local delivery failed permanently");
+                continue;
+            }
+        }
+        let event = MailboxEvent {
+            account: acct.clone(),
+            mailbox: "INBOX".into(),
+            kind: "append".into(),
+        };
+        if let Err(e) = backends.bus.publish_event(&event).await {
+            tracing::debug!(error = %e, "mailbox event not published");
+        }
+    }
+
+    for (addr, (rcpt, expanded_from)) in remotes {
+        let item = OutboundItem {
+            envelope: Some(env.clone()),
+            recipient: Some(rcpt),
+            expanded_from,
+        };
+        backends
+            .bus
+            .publish(
+                Queue::Outbound,
+                &format!("{}/{}", env.id, addr),
+                item.encode_to_vec().into(),
+            )
+            .await
+            .map_err(transient)?;
+        tracing::info!(rcpt = %addr, "queued for remote delivery");
+    }
+    Ok(())
+}
