@@ -23,6 +23,7 @@ apt_install() {
 
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
+command -v swaks >/dev/null || need_apt+=(swaks)
 command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
 if [ ${#need_apt[@]} -gt 0 ]; then apt_install "${need_apt[@]}"; fi
 

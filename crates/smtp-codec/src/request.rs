@@ -710,8 +710,15 @@ fn parse_mailbox(s: &str) -> Result<Mailbox, &'static str> {
         }
         (local, false, &s[end..])
     };
-    let domain = rest.strip_prefix('@').ok_or("\"@\" Domain")?;
-    let domain = parse_host(domain, false).ok_or("Domain / address-literal")?;
+    // An unqualified mailbox (`<alice>`) is accepted like Sendmail and
+    // Postfix do; its domain is empty and the server decides (it qualifies
+    // it for trusted clients and refuses it otherwise).
+    let domain = if rest.is_empty() && !is_quoted {
+        Host::Domain(String::new())
+    } else {
+        let domain = rest.strip_prefix('@').ok_or("\"@\" Domain")?;
+        parse_host(domain, false).ok_or("Domain / address-literal")?
+    };
     Ok(Mailbox {
         local_part: local_part.to_owned(),
         is_quoted,
@@ -1012,8 +1019,18 @@ impl Mailbox {
     }
 }
 
+impl Mailbox {
+    /// Whether the mailbox has no domain (`<alice>`): unqualified.
+    pub fn is_unqualified(&self) -> bool {
+        matches!(&self.domain, Host::Domain(d) if d.is_empty())
+    }
+}
+
 impl fmt::Display for Mailbox {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_unqualified() {
+            return f.write_str(&self.local_part);
+        }
         write!(f, "{}@{}", self.local_part, self.domain)
     }
 }
@@ -1244,13 +1261,7 @@ mod tests {
                 }),
             ),
             (
-                b"MAIL FROM:<a>",
-                Err(ParseError::BadSender {
-                    expected: "\"@\" Domain",
-                }),
-            ),
-            (
-                b"MAIL FROM:<postmaster>",
+                b"MAIL FROM:<\"a b\">",
                 Err(ParseError::BadSender {
                     expected: "\"@\" Domain",
                 }),

@@ -100,7 +100,25 @@ pub enum QuotaCmd {
     },
 }
 
+#[derive(Subcommand)]
+pub enum MailboxCmd {
+    /// List the messages of a mailbox (UID, size, flags).
+    List {
+        address: String,
+        #[arg(long, default_value = "INBOX")]
+        mailbox: String,
+    },
+    /// Print one message as a client would read it.
+    Fetch {
+        address: String,
+        uid: u32,
+        #[arg(long, default_value = "INBOX")]
+        mailbox: String,
+    },
+}
+
 pub enum Admin {
+    Mailbox(MailboxCmd),
     Domain(DomainCmd),
     User(UserCmd),
     Alias(AliasCmd),
@@ -294,6 +312,32 @@ async fn run_async(url: String, cmd: Admin) -> ExitCode {
                 })
                 .await?;
                 println!("quota of {address} set");
+            }
+            Prepared::Other(Admin::Mailbox(MailboxCmd::List { address, mailbox })) => {
+                let r = c
+                    .list_messages(pb::ListMessagesRequest { address, mailbox })
+                    .await?
+                    .into_inner();
+                println!("UIDVALIDITY {}", r.uidvalidity);
+                for m in r.messages {
+                    println!("{} {} {}", m.uid, m.size, m.flags.join(" "));
+                }
+            }
+            Prepared::Other(Admin::Mailbox(MailboxCmd::Fetch {
+                address,
+                uid,
+                mailbox,
+            })) => {
+                let r = c
+                    .fetch_message(pb::FetchMessageRequest {
+                        address,
+                        mailbox,
+                        uid,
+                    })
+                    .await?
+                    .into_inner();
+                use std::io::Write;
+                let _ = std::io::stdout().write_all(&r.content);
             }
             Prepared::Other(Admin::User(UserCmd::Add { .. } | UserCmd::Passwd { .. })) => {
                 unreachable!("prepared above")

@@ -67,6 +67,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: admin::AliasCmd,
     },
+    /// Inspect mailboxes (like `doveadm fetch`).
+    Mailbox {
+        #[command(flatten)]
+        server: admin::ServerArg,
+        #[command(subcommand)]
+        cmd: admin::MailboxCmd,
+    },
     /// Quotas.
     Quota {
         #[command(flatten)]
@@ -145,6 +152,7 @@ fn main() -> ExitCode {
         Cmd::User { server, cmd } => admin::run(server, admin::Admin::User(cmd)),
         Cmd::Alias { server, cmd } => admin::run(server, admin::Admin::Alias(cmd)),
         Cmd::Quota { server, cmd } => admin::run(server, admin::Admin::Quota(cmd)),
+        Cmd::Mailbox { server, cmd } => admin::run(server, admin::Admin::Mailbox(cmd)),
     }
 }
 

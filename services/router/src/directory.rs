@@ -15,13 +15,22 @@ use crate::route::{Addressing, Decision, Target};
 /// Implements [`RouterService`] over a [`MetaStore`].
 pub struct Directory {
     meta: Arc<dyn MetaStore>,
+    blobs: posthorn_blob_store::BlobStore,
     addressing: Arc<Addressing>,
 }
 
 impl Directory {
     /// A directory service over `meta`.
-    pub fn new(meta: Arc<dyn MetaStore>, addressing: Arc<Addressing>) -> Self {
-        Directory { meta, addressing }
+    pub fn new(
+        meta: Arc<dyn MetaStore>,
+        blobs: posthorn_blob_store::BlobStore,
+        addressing: Arc<Addressing>,
+    ) -> Self {
+        Directory {
+            meta,
+            blobs,
+            addressing,
+        }
     }
 }
 
@@ -347,6 +356,80 @@ impl RouterService for Directory {
         Ok(Response::new(
             self.check_recipient_impl(req.into_inner()).await?,
         ))
+    }
+
+    async fn list_messages(
+        &self,
+        req: Request<pb::ListMessagesRequest>,
+    ) -> Result<Response<pb::ListMessagesResponse>, Status> {
+        let req = req.into_inner();
+        let a = validate_address(&req.address)?;
+        let mailbox = if req.mailbox.is_empty() {
+            "INBOX".to_string()
+        } else {
+            req.mailbox
+        };
+        let info = self
+            .meta
+            .get_mailbox(&a, &mailbox)
+            .await
+            .map_err(status)?
+            .ok_or_else(|| Status::not_found(format!("mailbox {mailbox} of {a} does not exist")))?;
+        let messages = self
+            .meta
+            .fetch(&a, &mailbox, 1, u32::MAX)
+            .await
+            .map_err(status)?
+            .into_iter()
+            .map(|m| pb::MessageSummary {
+                uid: m.uid,
+                size: m.size,
+                blob_key: m.blob_key,
+                flags: m.flags,
+                internal_date: m.internal_date,
+                modseq: m.modseq,
+            })
+            .collect();
+        Ok(Response::new(pb::ListMessagesResponse {
+            uidvalidity: info.uidvalidity,
+            messages,
+        }))
+    }
+
+    async fn fetch_message(
+        &self,
+        req: Request<pb::FetchMessageRequest>,
+    ) -> Result<Response<pb::FetchMessageResponse>, Status> {
+        let req = req.into_inner();
+        let a = validate_address(&req.address)?;
+        let mailbox = if req.mailbox.is_empty() {
+            "INBOX".to_string()
+        } else {
+            req.mailbox
+        };
+        let m = self
+            .meta
+            .fetch(&a, &mailbox, req.uid, req.uid)
+            .await
+            .map_err(status)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "no message with UID {} in {mailbox} of {a}",
+                    req.uid
+                ))
+            })?;
+        let body = self.blobs.get(&m.blob_key).await.map_err(|e| {
+            if e.is_transient() {
+                Status::unavailable(e.to_string())
+            } else {
+                Status::internal(e.to_string())
+            }
+        })?;
+        let mut content = m.header_prefix.into_bytes();
+        content.extend_from_slice(&body);
+        Ok(Response::new(pb::FetchMessageResponse { content }))
     }
 
     async fn check_sender(

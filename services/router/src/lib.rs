@@ -75,7 +75,8 @@ pub async fn run(
         cfg.router.concurrency as usize,
         shutdown.clone(),
     ));
-    let directory = directory::Directory::new(backends.meta.clone(), addressing);
+    let directory =
+        directory::Directory::new(backends.meta.clone(), backends.blobs.clone(), addressing);
     let stop = {
         let health = health.clone();
         let shutdown = shutdown.clone();

@@ -1,17 +1,83 @@
-//! The smtp-ingress tier.
+//! The smtp-ingress tier: an RFC 5321 server on three listeners.
+//!
+//! | listener | config key | TLS | AUTH | relaying |
+//! |---|---|---|---|---|
+//! | MX (25) | `smtp.listen` | STARTTLS offered | not offered | only from `smtp.relay_networks` |
+//! | submission (587) | `smtp.submission_listen` | STARTTLS | PLAIN/LOGIN after TLS, required for MAIL | authenticated |
+//! | submissions (465) | `smtp.submissions_listen` | implicit | PLAIN/LOGIN, required for MAIL | authenticated |
 //!
 //! Readiness: the blob store and queue answer, and the router's gRPC health
 //! service says SERVING (recipient, relay and auth checks go there).
+//!
+//! # Layout
+//! - [`session`]: the per-connection state machine.
+//! - [`checks`]: router gRPC calls (recipient, sender, password) with a cache.
 
 #![warn(missing_docs)]
 
-use std::sync::Arc;
+pub mod checks;
+pub mod session;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use posthorn_backends::{BoxError, Provider, on_shutdown, watch_health};
+use posthorn_backends::{Backends, BoxError, Provider, on_shutdown, watch_health};
 use posthorn_config::Config;
 use posthorn_runtime::Health;
-use tokio::sync::watch;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
+
+use crate::session::{Kind, Peer};
+
+/// What every session shares.
+pub struct Shared {
+    /// The configuration.
+    pub cfg: Arc<Config>,
+    /// Blob store and queue.
+    pub backends: Backends,
+    /// Router checks.
+    pub checks: checks::Checks,
+    /// TLS for STARTTLS and port 465 (`None` if no certificate could be loaded).
+    pub tls: Option<TlsAcceptor>,
+    /// Parsed `smtp.relay_networks`.
+    pub relay_nets: Vec<(IpAddr, u8)>,
+    /// Open sessions per client IP, for `smtp.max_connections_per_ip`.
+    per_ip: Mutex<HashMap<IpAddr, u32>>,
+}
+
+/// Decrements the per-IP count when a session ends.
+struct IpSlot {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.shared.per_ip.lock()
+            && let Some(n) = m.get_mut(&self.ip)
+        {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
+async fn bind(addr: &str, what: &str) -> Result<Option<TcpListener>, BoxError> {
+    if addr.is_empty() {
+        return Ok(None);
+    }
+    let l = TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("smtp-ingress: cannot listen on {addr} ({what}): {e}"))?;
+    tracing::info!(tier = "smtp-ingress", addr = %l.local_addr()?, "{what} listening");
+    Ok(Some(l))
+}
 
 /// Run smtp-ingress until `shutdown` turns true.
 pub async fn run(
@@ -26,11 +92,47 @@ pub async fn run(
         health.clone(),
         on_shutdown(shutdown.clone()),
     ));
+
+    let tls = match posthorn_tls::server_config(&cfg) {
+        Ok(c) => Some(TlsAcceptor::from(c)),
+        Err(e) if cfg.tls.cert_file.is_empty() => {
+            tracing::warn!(error = %e, "no TLS: STARTTLS and port 465 disabled");
+            None
+        }
+        Err(e) => return Err(format!("tls: {e}").into()),
+    };
+    let mx = bind(&cfg.smtp.listen, "SMTP (MX)").await?;
+    let sub = bind(&cfg.smtp.submission_listen, "SMTP submission (STARTTLS)").await?;
+    let subs = if tls.is_some() {
+        bind(
+            &cfg.smtp.submissions_listen,
+            "SMTP submissions (implicit TLS)",
+        )
+        .await?
+    } else {
+        None
+    };
+
     let Some(backends) = provider.get(&health, &shutdown).await else {
         return Ok(());
     };
+    let relay_nets = cfg
+        .smtp
+        .relay_networks
+        .iter()
+        .filter_map(|n| posthorn_config::parse_cidr(n))
+        .collect();
+    let shared = Arc::new(Shared {
+        cfg: cfg.clone(),
+        backends: backends.clone(),
+        checks: checks::Checks::new(&cfg.smtp.router_url)?,
+        tls,
+        relay_nets,
+        per_ip: Mutex::new(HashMap::new()),
+    });
+
     let router = cfg.smtp.router_url.clone();
-    watch_health(
+    let watcher = tokio::spawn(watch_health(
         backends,
         health.clone(),
         shutdown.clone(),
@@ -43,8 +145,160 @@ pub async fn run(
                     .map_err(|e| format!("router: {e}"))
             }
         },
-    )
-    .await;
+    ));
+
+    // One semaphore per listener caps its sessions (smtp.max_connections).
+    let mut accepts = tokio::task::JoinSet::new();
+    for (listener, kind) in [
+        (mx, Kind::Mx),
+        (sub, Kind::Submission),
+        (subs, Kind::Submissions),
+    ] {
+        if let Some(l) = listener {
+            accepts.spawn(accept_loop(shared.clone(), l, kind, shutdown.clone()));
+        }
+    }
+    while accepts.join_next().await.is_some() {}
     health.set_not_ready("shutting down");
+    let _ = watcher.await;
     Ok(())
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    kind: Kind,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let limit = Arc::new(Semaphore::new(shared.cfg.smtp.max_connections as usize));
+    let sessions = tokio_util_like::Tracker::default();
+    loop {
+        let (mut sock, addr) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let _ = sock.set_nodelay(true);
+        let ip = addr.ip();
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            let _ = sock
+                .write_all(b"421 4.3.2 Too many connections, try again later\r\n")
+                .await;
+            continue;
+        };
+        let over_ip = {
+            let mut m = shared.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+            let n = m.entry(ip).or_insert(0);
+            if *n >= shared.cfg.smtp.max_connections_per_ip {
+                true
+            } else {
+                *n += 1;
+                false
+            }
+        };
+        if over_ip {
+            let _ = sock
+                .write_all(b"421 4.7.0 Too many connections from your address\r\n")
+                .await;
+            continue;
+        }
+        let slot = IpSlot {
+            shared: shared.clone(),
+            ip,
+        };
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        let guard = sessions.enter();
+        let span = tracing::info_span!("smtp", client = %ip, listener = ?kind);
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                metrics::gauge!("posthorn_smtp_sessions").increment(1.0);
+                let peer = Peer {
+                    ip,
+                    kind,
+                    tls: None,
+                };
+                if kind == Kind::Submissions {
+                    let Some(acceptor) = shared.tls.clone() else {
+                        return;
+                    };
+                    let timeout = Duration::from_secs(shared.cfg.smtp.command_timeout_secs);
+                    if let Ok(Ok(tls)) = tokio::time::timeout(timeout, acceptor.accept(sock)).await
+                    {
+                        let desc = {
+                            let (_, conn) = tls.get_ref();
+                            session_tls_desc(conn)
+                        };
+                        let peer = Peer {
+                            tls: Some(desc),
+                            ..peer
+                        };
+                        session::run(shared, Box::new(tls), peer, shutdown).await;
+                    }
+                } else {
+                    session::run(shared, Box::new(sock), peer, shutdown).await;
+                }
+                metrics::gauge!("posthorn_smtp_sessions").decrement(1.0);
+                drop(slot);
+                drop(permit);
+                drop(guard);
+            },
+            span,
+        ));
+    }
+    // Sessions got 421 on shutdown between commands; wait for those in DATA.
+    let grace = Duration::from_secs(shared.cfg.server.shutdown_grace_secs);
+    if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
+        tracing::warn!("SMTP sessions still open after the grace period");
+    }
+}
+
+fn session_tls_desc(conn: &rustls::ServerConnection) -> String {
+    let version = match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
+        _ => "TLS".to_string(),
+    };
+    match conn.negotiated_cipher_suite() {
+        Some(cs) => format!("{version} with cipher {:?}", cs.suite()),
+        None => version,
+    }
+}
+
+/// A tiny "wait for all sessions" tracker (an mpsc whose senders are the
+/// sessions: when every sender is dropped, `recv` returns `None`).
+mod tokio_util_like {
+    use tokio::sync::mpsc;
+
+    pub struct Tracker {
+        tx: mpsc::Sender<()>,
+        rx: mpsc::Receiver<()>,
+    }
+
+    impl Default for Tracker {
+        fn default() -> Self {
+            let (tx, rx) = mpsc::channel(1);
+            Tracker { tx, rx }
+        }
+    }
+
+    pub struct Guard(#[allow(dead_code)] mpsc::Sender<()>);
+
+    impl Tracker {
+        pub fn enter(&self) -> Guard {
+            Guard(self.tx.clone())
+        }
+        pub async fn wait(self) {
+            let Tracker { tx, mut rx } = self;
+            drop(tx);
+            let _ = rx.recv().await;
+        }
+    }
 }

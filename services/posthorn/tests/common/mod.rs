@@ -52,9 +52,15 @@ impl Ports {
 
     /// The `[section]` tables that put every listener on these ports.
     pub fn toml(&self) -> String {
+        self.toml_with("")
+    }
+
+    /// Like [`Ports::toml`], with extra `key = value` lines in `[smtp]`.
+    pub fn toml_with(&self, smtp_extra: &str) -> String {
         format!(
             r#"
 [smtp]
+{smtp_extra}
 listen = "127.0.0.1:{}"
 submission_listen = "127.0.0.1:{}"
 submissions_listen = "127.0.0.1:{}"
@@ -258,4 +264,330 @@ pub fn out(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
+}
+
+/// Which backends a system under test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `posthorn serve` on redb + local blobs.
+    Embedded,
+    /// Five `posthorn run <tier>` processes on Redis + JetStream + S3.
+    Cluster,
+}
+
+/// A running Posthorn (embedded or five tier processes) on its own ports.
+pub struct System {
+    pub backend: Backend,
+    pub ports: Ports,
+    pub dir: tempfile::TempDir,
+    pub procs: Vec<(String, Proc)>,
+    pub redis: Option<posthorn_test_support::RedisServer>,
+    pub nats: Option<posthorn_test_support::NatsServer>,
+    pub s3: Option<posthorn_test_support::S3Server>,
+    extra_toml: String,
+}
+
+impl System {
+    /// Start a system; `smtp_extra` holds extra `key = value` lines for `[smtp]`.
+    pub fn start(backend: Backend, smtp_extra: &str) -> System {
+        let dir = tempfile::tempdir().unwrap();
+        let ports = Ports::new();
+        let (redis, nats, s3) = if backend == Backend::Cluster {
+            (
+                Some(posthorn_test_support::RedisServer::start()),
+                Some(posthorn_test_support::NatsServer::start()),
+                Some(posthorn_test_support::S3Server::start()),
+            )
+        } else {
+            (None, None, None)
+        };
+        let mut sys = System {
+            backend,
+            ports,
+            dir,
+            procs: Vec::new(),
+            redis,
+            nats,
+            s3,
+            extra_toml: smtp_extra.to_string(),
+        };
+        std::fs::write(sys.config_path(), sys.ports.toml_with(&sys.extra_toml)).unwrap();
+        match backend {
+            Backend::Embedded => sys.spawn("serve"),
+            Backend::Cluster => {
+                for tier in ["resolver", "router", "delivery", "access", "smtp-ingress"] {
+                    sys.spawn(tier);
+                }
+            }
+        }
+        sys.wait_ready();
+        sys
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("posthorn.toml")
+    }
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        let mut env = vec![("RUST_LOG", "info".to_string())];
+        if let (Some(r), Some(n), Some(s)) = (&self.redis, &self.nats, &self.s3) {
+            env.extend([
+                ("POSTHORN_STORAGE__BACKEND", "cluster".to_string()),
+                ("POSTHORN_REDIS__URL", r.url()),
+                ("POSTHORN_NATS__URL", n.url()),
+                ("POSTHORN_S3__ENDPOINT", s.endpoint()),
+                (
+                    "POSTHORN_S3__BUCKET",
+                    posthorn_test_support::S3_BUCKET.to_string(),
+                ),
+                (
+                    "POSTHORN_S3__ACCESS_KEY_ID",
+                    posthorn_test_support::S3_ACCESS_KEY.to_string(),
+                ),
+                (
+                    "POSTHORN_S3__SECRET_ACCESS_KEY",
+                    posthorn_test_support::S3_SECRET_KEY.to_string(),
+                ),
+                ("POSTHORN_S3__ALLOW_HTTP", "true".to_string()),
+            ]);
+        }
+        env
+    }
+
+    /// Start (or restart) one process: `serve` or a tier name.
+    pub fn spawn(&mut self, what: &str) {
+        self.procs.retain(|(n, _)| n != what);
+        let cfg = self.config_path();
+        let data = self.dir.path().join("data");
+        let n = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let log = self.dir.path().join(format!("{what}-{n}.log"));
+        let p = if what == "serve" {
+            Proc::spawn(
+                &[
+                    "serve",
+                    "--config",
+                    cfg.to_str().unwrap(),
+                    "--data-dir",
+                    data.to_str().unwrap(),
+                ],
+                &self.env(),
+                log,
+            )
+        } else {
+            Proc::spawn(
+                &["run", what, "--config", cfg.to_str().unwrap()],
+                &self.env(),
+                log,
+            )
+        };
+        self.procs.push((what.to_string(), p));
+    }
+
+    /// SIGKILL one process (`serve` or a tier).
+    pub fn kill(&mut self, what: &str) {
+        for (n, p) in &mut self.procs {
+            if n == what {
+                p.kill();
+            }
+        }
+    }
+
+    pub fn wait_ready(&mut self) {
+        let tiers = self.ports.tiers();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let pending: Vec<String> = tiers
+                .iter()
+                .filter_map(|(name, port)| match http_get(*port, "/readyz") {
+                    Some((200, _)) => None,
+                    Some((code, body)) => Some(format!("{name}: {code} {}", body.trim())),
+                    None => Some(format!("{name}: not listening")),
+                })
+                .collect();
+            if pending.is_empty() {
+                return;
+            }
+            let exited = self
+                .procs
+                .iter_mut()
+                .any(|(_, p)| matches!(p.child.try_wait(), Ok(Some(_))));
+            if exited {
+                panic!(
+                    "a process exited while starting: {pending:?}\n{}",
+                    self.logs()
+                );
+            }
+            if Instant::now() > deadline {
+                panic!("not ready within 60 s: {pending:?}\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        let mut s = String::new();
+        for (n, p) in &self.procs {
+            s.push_str(&format!("=== {n} ===\n{}\n", p.log_text()));
+        }
+        s
+    }
+
+    pub fn router_url(&self) -> String {
+        self.ports.router_url()
+    }
+
+    /// Run an admin command; panic with logs unless it succeeds.
+    pub fn admin_ok(&self, args: &[&str]) -> String {
+        let o = admin(&self.router_url(), args);
+        assert!(
+            o.status.success(),
+            "posthorn {args:?}: {}\n{}",
+            out(&o),
+            self.logs()
+        );
+        String::from_utf8_lossy(&o.stdout).to_string()
+    }
+
+    /// The standard test directory: example.test with alice, bob, and the
+    /// alias team -> alice, bob.
+    pub fn standard_directory(&self) {
+        self.admin_ok(&["domain", "add", "example.test"]);
+        self.admin_ok(&[
+            "user",
+            "add",
+            "alice@example.test",
+            "--password",
+            "alice-pw",
+        ]);
+        self.admin_ok(&["user", "add", "bob@example.test", "--password", "bob-pw"]);
+        self.admin_ok(&[
+            "alias",
+            "add",
+            "team@example.test",
+            "alice@example.test",
+            "bob@example.test",
+        ]);
+    }
+
+    /// UIDs and sizes in a mailbox.
+    pub fn messages(&self, address: &str) -> Vec<(u32, u64)> {
+        let out = self.admin_ok(&["mailbox", "list", address]);
+        out.lines()
+            .skip(1)
+            .map(|l| {
+                let mut it = l.split_whitespace();
+                (
+                    it.next().unwrap().parse().unwrap(),
+                    it.next().unwrap().parse().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    /// Wait until `address` has `n` messages (or panic after `within`).
+    pub fn wait_messages(&self, address: &str, n: usize, within: Duration) -> Vec<(u32, u64)> {
+        let deadline = Instant::now() + within;
+        loop {
+            let m = self.messages(address);
+            if m.len() >= n {
+                return m;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{address} has {} messages, expected {n}\n{}",
+                    m.len(),
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn fetch(&self, address: &str, uid: u32) -> Vec<u8> {
+        let o = admin(
+            &self.router_url(),
+            &["mailbox", "fetch", address, &uid.to_string()],
+        );
+        assert!(o.status.success(), "{}", out(&o));
+        o.stdout
+    }
+}
+
+/// A minimal SMTP client for exact reply checks.
+pub struct Smtp {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Smtp {
+    pub fn connect(port: u16) -> (Smtp, String) {
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut s = Smtp {
+            stream,
+            buf: Vec::new(),
+        };
+        let greeting = s.reply();
+        (s, greeting)
+    }
+
+    /// Read one (possibly multi-line) reply.
+    pub fn reply(&mut self) -> String {
+        loop {
+            if let Some(end) = find_reply_end(&self.buf) {
+                let r: Vec<u8> = self.buf.drain(..end).collect();
+                return String::from_utf8_lossy(&r).to_string();
+            }
+            let mut tmp = [0u8; 4096];
+            let n = self.stream.read(&mut tmp).unwrap_or(0);
+            if n == 0 {
+                let rest = String::from_utf8_lossy(&self.buf).to_string();
+                self.buf.clear();
+                return rest;
+            }
+            self.buf.extend_from_slice(&tmp[..n]);
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// Send a command line and return the reply.
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.reply()
+    }
+}
+
+fn find_reply_end(buf: &[u8]) -> Option<usize> {
+    let mut start = 0;
+    while let Some(pos) = buf[start..].iter().position(|b| *b == b'\n') {
+        let line = &buf[start..start + pos + 1];
+        if line.len() >= 4 && line[3] == b' ' {
+            return Some(start + pos + 1);
+        }
+        if line.len() < 4 {
+            return Some(start + pos + 1);
+        }
+        start += pos + 1;
+    }
+    None
+}
+
+/// Run a Python snippet; panic with its output unless it exits 0.
+pub fn python(script: &str, args: &[&str]) -> String {
+    let o = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python3");
+    assert!(o.status.success(), "python failed: {}", out(&o));
+    String::from_utf8_lossy(&o.stdout).to_string()
 }
