@@ -16,7 +16,7 @@ use posthorn_proto::common::v1::{Envelope, Recipient};
 use posthorn_proto::router::v1::Verdict;
 use posthorn_smtp_codec::{
     BdatEnd, BdatReceiver, DataEnd, DataReceiver, ForwardPath, LineReader, MailParams, Notify,
-    ParseError, RcptParams, Reply, Request, ReversePath, parse_command,
+    RcptParams, Reply, Request, ReversePath, parse_command,
 };
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
