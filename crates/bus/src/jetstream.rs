@@ -230,6 +230,17 @@ impl Bus for JetStreamBus {
     }
 
     async fn publish(&self, queue: Queue, msg_id: &str, payload: Bytes) -> Result<()> {
+        // While disconnected, async-nats would buffer the publish and send it
+        // after reconnecting: the caller would have answered "failed" (SMTP
+        // 451) by then and the item would arrive later by surprise. Refuse
+        // at once instead. (A disconnect in the instant between this check
+        // and the write is the remaining window; docs/operations.md.)
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            return Err(Error::Unavailable(format!(
+                "NATS at {}: publish {msg_id}: not connected",
+                self.url
+            )));
+        }
         let publish = Publish::build().payload(payload).message_id(msg_id);
         let ack = self
             .js

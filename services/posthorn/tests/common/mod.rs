@@ -329,7 +329,11 @@ impl System {
     }
 
     fn env(&self) -> Vec<(&'static str, String)> {
-        let mut env = vec![("RUST_LOG", "info".to_string())];
+        // A short ack wait, so items held by a killed router come back quickly.
+        let mut env = vec![
+            ("RUST_LOG", "info".to_string()),
+            ("POSTHORN_ROUTER__ACK_WAIT_SECS", "5".to_string()),
+        ];
         if let (Some(r), Some(n), Some(s)) = (&self.redis, &self.nats, &self.s3) {
             env.extend([
                 ("POSTHORN_STORAGE__BACKEND", "cluster".to_string()),
@@ -430,7 +434,10 @@ impl System {
     pub fn logs(&self) -> String {
         let mut s = String::new();
         for (n, p) in &self.procs {
-            s.push_str(&format!("=== {n} ===\n{}\n", p.log_text()));
+            let text = p.log_text();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            s.push_str(&format!("=== {n} (last 40 lines) ===\n{tail}\n"));
         }
         s
     }
@@ -441,7 +448,13 @@ impl System {
 
     /// Run an admin command; panic with logs unless it succeeds.
     pub fn admin_ok(&self, args: &[&str]) -> String {
-        let o = admin(&self.router_url(), args);
+        // The router may be restarting (fault tests): retry while unreachable.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut o = admin(&self.router_url(), args);
+        while o.status.code() == Some(69) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+            o = admin(&self.router_url(), args);
+        }
         assert!(
             o.status.success(),
             "posthorn {args:?}: {}\n{}",
@@ -534,6 +547,38 @@ impl Smtp {
         };
         let greeting = s.reply();
         (s, greeting)
+    }
+
+    pub fn from_stream(stream: TcpStream) -> Smtp {
+        Smtp {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Like [`Smtp::cmd`], `None` on an I/O error or EOF.
+    pub fn try_cmd(&mut self, line: &str) -> Option<String> {
+        self.try_send(format!("{line}\r\n").as_bytes())?;
+        self.try_reply()
+    }
+
+    pub fn try_send(&mut self, bytes: &[u8]) -> Option<()> {
+        self.stream.write_all(bytes).ok()
+    }
+
+    /// One reply, `None` on EOF/error before a complete reply.
+    pub fn try_reply(&mut self) -> Option<String> {
+        loop {
+            if let Some(end) = find_reply_end(&self.buf) {
+                let r: Vec<u8> = self.buf.drain(..end).collect();
+                return Some(String::from_utf8_lossy(&r).to_string());
+            }
+            let mut tmp = [0u8; 4096];
+            match self.stream.read(&mut tmp) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
+            }
+        }
     }
 
     /// Read one (possibly multi-line) reply.
