@@ -286,6 +286,14 @@ pub struct AccessConfig {
     pub pop3_idle_timeout_secs: u64,
     /// Seconds a POP3 maildrop lock lease lasts without renewal.
     pub pop3_lock_lease_secs: u64,
+    /// Simultaneous sessions per listener (IMAP IDLE clients count).
+    pub max_connections: u32,
+    /// Failed logins per account, and per client IP, within the window before logins are refused.
+    pub max_login_failures: u32,
+    /// Window of `max_login_failures`, in seconds.
+    pub login_failure_window_secs: u64,
+    /// Largest IMAP APPEND literal / message accepted, in bytes.
+    pub max_append_size: u64,
 }
 
 impl Default for AccessConfig {
@@ -300,6 +308,10 @@ impl Default for AccessConfig {
             imap_idle_timeout_secs: 1800,
             pop3_idle_timeout_secs: 600,
             pop3_lock_lease_secs: 60,
+            max_connections: 20_000,
+            max_login_failures: 10,
+            login_failure_window_secs: 300,
+            max_append_size: 26_214_400,
         }
     }
 }

@@ -20,6 +20,7 @@ use crate::{
 
 /// Run every case, in order, on one store.
 pub async fn run_all(store: Arc<dyn MetaStore>) {
+    leases(store.clone()).await;
     ping(&store).await;
     domains(&store).await;
     accounts(&store).await;
@@ -1589,4 +1590,39 @@ pub async fn header_prefix_roundtrip(store: &Arc<dyn MetaStore>) {
         moved[0].header_prefix, p2,
         "[{case}] prefix changed by RENAME"
     );
+}
+
+/// Leases: exclusive, renewable by the owner, expiring, releasable only by the owner.
+pub async fn leases(store: Arc<dyn MetaStore>) {
+    use std::time::Duration;
+    let name = format!("pop3:lease-{}@conformance.test", std::process::id());
+    let ttl = Duration::from_millis(600);
+    assert!(
+        store.acquire_lease(&name, "a", ttl).await.unwrap(),
+        "[leases] first acquire"
+    );
+    assert!(
+        !store.acquire_lease(&name, "b", ttl).await.unwrap(),
+        "[leases] second owner must be refused"
+    );
+    assert!(
+        store.acquire_lease(&name, "a", ttl).await.unwrap(),
+        "[leases] owner renews"
+    );
+    store.release_lease(&name, "b").await.unwrap();
+    assert!(
+        !store.acquire_lease(&name, "b", ttl).await.unwrap(),
+        "[leases] a stranger cannot release"
+    );
+    store.release_lease(&name, "a").await.unwrap();
+    assert!(
+        store.acquire_lease(&name, "b", ttl).await.unwrap(),
+        "[leases] free after release"
+    );
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert!(
+        store.acquire_lease(&name, "c", ttl).await.unwrap(),
+        "[leases] an expired lease is free"
+    );
+    store.release_lease(&name, "c").await.unwrap();
 }

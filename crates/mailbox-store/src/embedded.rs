@@ -55,6 +55,8 @@ const EXPUNGED: TableDefinition<(u64, u32), u64> = TableDefinition::new("expunge
 const DEDUPE: TableDefinition<(&str, &str), u32> = TableDefinition::new("dedupe");
 const BLOBS: TableDefinition<&str, u64> = TableDefinition::new("blobs");
 const BLOB_ZERO: TableDefinition<&str, i64> = TableDefinition::new("blob_zero");
+/// Lease name -> (owner, expiry in Unix milliseconds).
+const LEASES: TableDefinition<&str, (&str, u64)> = TableDefinition::new("leases");
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct AccountRec {
@@ -979,6 +981,58 @@ impl MetaStore for EmbeddedStore {
         })
         .await
     }
+
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        owner: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool> {
+        let (name, owner) = (name.to_string(), owner.to_string());
+        let now = now_ms();
+        self.write(move |txn| {
+            let mut t = txn.open_table(LEASES).map_err(dberr)?;
+            let held = t.get(name.as_str()).map_err(dberr)?.map(|v| {
+                let (o, exp) = v.value();
+                (o.to_string(), exp)
+            });
+            if let Some((o, exp)) = held
+                && o != owner
+                && exp > now
+            {
+                return Ok(false);
+            }
+            let exp = now + ttl.as_millis() as u64;
+            t.insert(name.as_str(), (owner.as_str(), exp))
+                .map_err(dberr)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn release_lease(&self, name: &str, owner: &str) -> Result<()> {
+        let (name, owner) = (name.to_string(), owner.to_string());
+        self.write(move |txn| {
+            let mut t = txn.open_table(LEASES).map_err(dberr)?;
+            let mine = t
+                .get(name.as_str())
+                .map_err(dberr)?
+                .map(|v| v.value().0 == owner)
+                .unwrap_or(false);
+            if mine {
+                t.remove(name.as_str()).map_err(dberr)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Checks common to both backends before a rename.

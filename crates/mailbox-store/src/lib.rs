@@ -410,6 +410,21 @@ pub trait MetaStore: Send + Sync + 'static {
     /// Forget a collected blob, only if its count is still 0. Returns whether
     /// it was forgotten (false: it was referenced again meanwhile).
     async fn forget_blob(&self, blob_key: &str) -> Result<bool>;
+
+    // --- leases (exclusive locks with an expiry, e.g. the POP3 maildrop lock) ---
+
+    /// Take the lease `name` for `owner` for `ttl`, or renew it if `owner`
+    /// holds it already. Returns `false` if another owner holds an unexpired
+    /// lease. Atomic across all processes sharing the store (DESIGN.md
+    /// invariant 6); a crashed holder's lease simply expires.
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        owner: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool>;
+    /// Release the lease `name` if `owner` holds it (otherwise nothing).
+    async fn release_lease(&self, name: &str, owner: &str) -> Result<()>;
 }
 
 #[cfg(test)]

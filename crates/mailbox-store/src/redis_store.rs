@@ -42,6 +42,9 @@
 //! |---|---|---|
 //! | `blob:{<k>}` | hash | `refs` (reference count), `zero` (Unix time it dropped to 0) |
 //!
+//! Leases — one key each: `lease:{<name>}` = owner, with a `PX` expiry
+//! (e.g. the POP3 maildrop lock `lease:{pop3:<a>}`).
+//!
 //! # What is atomic, and the crash windows
 //!
 //! A Lua script runs atomically; with `appendfsync always` it is durable when
@@ -169,6 +172,29 @@ fn account_script(body: &str) -> Script {
 }
 
 /// ARGV: tag, password hash, now, (name, special-use)...
+/// KEYS[1] = lease key, ARGV[1] = owner, ARGV[2] = ttl ms. Take the lease
+/// if free, expired (PX does that) or already ours; 1 if held by us now.
+static LEASE_ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local cur = redis.call('GET', KEYS[1])
+if cur and cur ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"#,
+    )
+});
+
+/// KEYS[1] = lease key, ARGV[1] = owner: delete only if ours.
+static LEASE_RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#,
+    )
+});
+
 static CREATE_ACCOUNT: LazyLock<Script> = LazyLock::new(|| {
     account_script(
         r#"
@@ -1411,6 +1437,40 @@ impl MetaStore for RedisStore {
         }
         Ok(false)
     }
+
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        owner: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool> {
+        check_tag_safe("lease name", name)?;
+        let key = format!("lease:{{{name}}}");
+        let ms = ttl.as_millis().max(1).to_string();
+        let v = self.script(&LEASE_ACQUIRE, &[&key], &[owner, &ms]).await?;
+        Ok(v_int(&v)? == 1)
+    }
+
+    async fn release_lease(&self, name: &str, owner: &str) -> Result<()> {
+        check_tag_safe("lease name", name)?;
+        let key = format!("lease:{{{name}}}");
+        self.script(&LEASE_RELEASE, &[&key], &[owner]).await?;
+        Ok(())
+    }
+}
+
+/// Refuse names that could escape a `{hash tag}`.
+fn check_tag_safe(what: &'static str, s: &str) -> Result<()> {
+    if s.is_empty()
+        || s.chars()
+            .any(|c| c == '{' || c == '}' || c.is_whitespace() || c.is_control())
+    {
+        return Err(Error::Invalid {
+            what,
+            reason: format!("{s:?} is empty or has braces, spaces or control characters"),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -2,9 +2,7 @@
 
 use std::sync::Arc;
 
-use argon2::Argon2;
-use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use posthorn_auth::{DUMMY_HASH, verify_password};
 use posthorn_mailbox_store::{Alias, Error as StoreError, MetaStore, Quota, normalize_address};
 use posthorn_proto::router::v1 as pb;
 use posthorn_proto::router::v1::router_service_server::RouterService;
@@ -102,36 +100,9 @@ pub fn validate_address(a: &str) -> Result<String, Status> {
     Ok(a)
 }
 
-/// Hash a password with argon2id (default parameters of the argon2 crate:
-/// m=19 MiB, t=2, p=1, the OWASP recommendation).
+/// Hash a password (argon2id); an empty one is an invalid argument.
 pub async fn hash_password(password: String) -> Result<String, Status> {
-    if password.is_empty() {
-        return Err(Status::invalid_argument("the password may not be empty"));
-    }
-    tokio::task::spawn_blocking(move || {
-        let salt = SaltString::generate(&mut OsRng);
-        Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .map_err(|e| Status::internal(format!("hashing failed: {e}")))
-    })
-    .await
-    .map_err(|e| Status::internal(e.to_string()))?
-}
-
-/// Verify a password against a PHC string (constant-time inside argon2).
-pub async fn verify_password(password: String, hash: String) -> bool {
-    tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&hash)
-            .map(|h| {
-                Argon2::default()
-                    .verify_password(password.as_bytes(), &h)
-                    .is_ok()
-            })
-            .unwrap_or(false)
-    })
-    .await
-    .unwrap_or(false)
+    posthorn_auth::hash_password(password).await.map_err(Status::invalid_argument)
 }
 
 fn quota_from(max_bytes: u64, max_messages: u64) -> Quota {
@@ -504,8 +475,6 @@ impl Directory {
     }
 }
 
-/// argon2id hash of a random password, for constant-time failure.
-const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$3O3sLBy8Ad1qjxDw1nR8HzBRZJm0mXNOo9L7+qOLrO0";
 
 #[cfg(test)]
 mod tests {
@@ -529,12 +498,4 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn password_roundtrip() {
-        let h = hash_password("s3cret".into()).await.unwrap();
-        assert!(h.starts_with("$argon2id$"));
-        assert!(verify_password("s3cret".into(), h.clone()).await);
-        assert!(!verify_password("wrong".into(), h).await);
-        assert!(!verify_password("x".into(), DUMMY_HASH.into()).await);
-    }
 }
