@@ -24,6 +24,8 @@ apt_install() {
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v swaks >/dev/null || need_apt+=(swaks)
+command -v fetchmail >/dev/null || need_apt+=(fetchmail)
+command -v mbsync >/dev/null || need_apt+=(isync)
 command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
 if [ ${#need_apt[@]} -gt 0 ]; then apt_install "${need_apt[@]}"; fi
 
