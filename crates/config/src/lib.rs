@@ -110,6 +110,8 @@ pub struct StorageConfig {
     pub backend: Backend,
     /// Seconds an unreferenced blob is kept before garbage collection (default 24 h).
     pub blob_gc_grace_secs: u64,
+    /// Seconds between garbage-collection passes of the router (0 disables).
+    pub blob_gc_interval_secs: u64,
 }
 
 impl Default for StorageConfig {
@@ -117,6 +119,7 @@ impl Default for StorageConfig {
         StorageConfig {
             backend: Backend::Embedded,
             blob_gc_grace_secs: 86_400,
+            blob_gc_interval_secs: 3_600,
         }
     }
 }

@@ -102,7 +102,9 @@ pub fn validate_address(a: &str) -> Result<String, Status> {
 
 /// Hash a password (argon2id); an empty one is an invalid argument.
 pub async fn hash_password(password: String) -> Result<String, Status> {
-    posthorn_auth::hash_password(password).await.map_err(Status::invalid_argument)
+    posthorn_auth::hash_password(password)
+        .await
+        .map_err(Status::invalid_argument)
 }
 
 fn quota_from(max_bytes: u64, max_messages: u64) -> Quota {
@@ -475,7 +477,6 @@ impl Directory {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -497,5 +498,4 @@ mod tests {
             assert!(validate_address(bad).is_err(), "{bad}");
         }
     }
-
 }

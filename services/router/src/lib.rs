@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 pub mod directory;
+pub mod gc;
 pub mod inbound;
 pub mod route;
 
