@@ -28,6 +28,16 @@ pub struct ServerArg {
     server: String,
 }
 
+impl ServerArg {
+    /// The router gRPC URL.
+    pub(crate) fn url(&self) -> &str {
+        &self.server
+    }
+}
+
+/// A connected router client.
+pub(crate) type Client = RouterServiceClient<Channel>;
+
 #[derive(Subcommand)]
 pub enum DomainCmd {
     /// Add a local domain.
@@ -86,6 +96,17 @@ pub enum AliasCmd {
     List,
     /// Remove an alias.
     Remove { alias: String },
+    /// Import a Sendmail aliases(5) file (`name: target, ...`); all or nothing.
+    Import {
+        /// The aliases file (e.g. a copy of /etc/aliases).
+        file: std::path::PathBuf,
+        /// Domain of the alias names (default: the first local domain).
+        #[arg(long)]
+        domain: Option<String>,
+        /// Parse and print what would be imported; do not contact the server.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -144,6 +165,14 @@ fn password(pw: PasswordArgs) -> Result<String, ExitCode> {
 }
 
 pub fn run(server: ServerArg, cmd: Admin) -> ExitCode {
+    if let Admin::Alias(AliasCmd::Import {
+        file,
+        domain,
+        dry_run,
+    }) = cmd
+    {
+        return crate::import::alias_import(&server, &file, domain, dry_run);
+    }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -157,7 +186,7 @@ pub fn run(server: ServerArg, cmd: Admin) -> ExitCode {
     rt.block_on(run_async(server.server, cmd))
 }
 
-async fn connect(url: &str) -> Result<RouterServiceClient<Channel>, ExitCode> {
+pub(crate) async fn connect(url: &str) -> Result<RouterServiceClient<Channel>, ExitCode> {
     let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
         .map_err(|e| {
             eprintln!("posthorn: invalid --server {url}: {e}");
@@ -341,6 +370,9 @@ async fn run_async(url: String, cmd: Admin) -> ExitCode {
             }
             Prepared::Other(Admin::User(UserCmd::Add { .. } | UserCmd::Passwd { .. })) => {
                 unreachable!("prepared above")
+            }
+            Prepared::Other(Admin::Alias(AliasCmd::Import { .. })) => {
+                unreachable!("handled in run")
             }
         }
         Ok(())

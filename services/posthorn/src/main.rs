@@ -2,6 +2,7 @@
 //! administer a running system over gRPC.
 
 mod admin;
+mod import;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -66,6 +67,13 @@ enum Cmd {
         server: admin::ServerArg,
         #[command(subcommand)]
         cmd: admin::AliasCmd,
+    },
+    /// Sendmail virtusertable import (virtual-domain aliases).
+    Virtual {
+        #[command(flatten)]
+        server: admin::ServerArg,
+        #[command(subcommand)]
+        cmd: import::VirtualCmd,
     },
     /// Inspect mailboxes (like `doveadm fetch`).
     Mailbox {
@@ -153,6 +161,7 @@ fn main() -> ExitCode {
         Cmd::Alias { server, cmd } => admin::run(server, admin::Admin::Alias(cmd)),
         Cmd::Quota { server, cmd } => admin::run(server, admin::Admin::Quota(cmd)),
         Cmd::Mailbox { server, cmd } => admin::run(server, admin::Admin::Mailbox(cmd)),
+        Cmd::Virtual { server, cmd } => import::virtual_import(&server, cmd),
     }
 }
 

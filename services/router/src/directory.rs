@@ -262,6 +262,11 @@ impl RouterService for Directory {
         let mut targets = Vec::new();
         for t in &req.targets {
             let t = t.trim();
+            // `@domain`: the same local part at that domain (catch-all rewrite).
+            if let Some(d) = t.strip_prefix('@') {
+                targets.push(format!("@{}", validate_domain(d)?));
+                continue;
+            }
             if t.starts_with('|') {
                 return Err(Status::invalid_argument(format!(
                     "target {t:?}: program targets (`|command`) are not supported"
