@@ -571,6 +571,7 @@ impl Consumer for EmbeddedConsumer {
                         msg_id,
                         payload,
                         attempt,
+                        stored_at_ms: None,
                         acker: Box::new(EmbeddedAcker {
                             inner: self.inner.clone(),
                             queue: q,

@@ -428,11 +428,12 @@ impl Consumer for JetStreamConsumer {
                     continue;
                 }
             };
-            let (stream_seq, delivered) = {
+            let (stream_seq, delivered, stored_at_ms) = {
                 let info = msg
                     .info()
                     .map_err(|e| Error::Other(format!("not a JetStream message: {e}")))?;
-                (info.stream_sequence, info.delivered)
+                let ms = (info.published.unix_timestamp_nanos() / 1_000_000) as i64;
+                (info.stream_sequence, info.delivered, ms)
             };
             let attempt = u32::try_from(delivered.max(1)).unwrap_or(u32::MAX);
             let (message, acker) = msg.split();
@@ -467,6 +468,7 @@ impl Consumer for JetStreamConsumer {
                 msg_id: msg_id.clone(),
                 payload: message.payload.clone(),
                 attempt,
+                stored_at_ms: Some(stored_at_ms),
                 acker: Box::new(JetStreamAcker {
                     url: self.url.clone(),
                     js: self.js.clone(),

@@ -98,6 +98,10 @@ pub struct Delivery {
     pub payload: Bytes,
     /// 1 for the first delivery, 2 for the first redelivery, ...
     pub attempt: u32,
+    /// When the backend stored the item (Unix milliseconds), if it says.
+    /// JetStream does; the embedded queue stores synchronously inside
+    /// `publish`, so there is nothing to compare and it gives `None`.
+    pub stored_at_ms: Option<i64>,
     /// Backend-specific acknowledger.
     pub acker: Box<dyn Acker>,
 }

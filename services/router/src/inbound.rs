@@ -135,6 +135,21 @@ async fn route(
         .map_err(|e| Failure::Poison(format!("bad envelope: {e}")))?;
     let span = tracing::info_span!("route", msg_id = %env.id, from = %env.mail_from);
     let _enter = span.enter();
+    if let Some(stored) = delivery.stored_at_ms
+        && env.publish_deadline_ms > 0
+        && stored > env.publish_deadline_ms
+    {
+        // A publish buffered across a reconnect reached the queue after
+        // smtp-ingress had answered 451: the client retries; delivering this
+        // copy would be a surprise duplicate.
+        tracing::warn!(
+            stored_at_ms = stored,
+            deadline_ms = env.publish_deadline_ms,
+            "queued after smtp-ingress gave up on it; dropped"
+        );
+        metrics::counter!("posthorn_router_late_publishes_dropped_total").increment(1);
+        return Ok(());
+    }
 
     // Expand every recipient; one copy per account.
     let mut locals: BTreeMap<String, ()> = BTreeMap::new();
@@ -237,4 +252,107 @@ async fn route(
         tracing::info!(rcpt = %addr, "queued for remote delivery");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use posthorn_bus::Acker;
+
+    struct NoAck;
+
+    #[async_trait::async_trait]
+    impl Acker for NoAck {
+        async fn ack(&self) -> posthorn_bus::Result<()> {
+            Ok(())
+        }
+        async fn nak(&self, _: Option<Duration>) -> posthorn_bus::Result<()> {
+            Ok(())
+        }
+        async fn term(&self) -> posthorn_bus::Result<()> {
+            Ok(())
+        }
+        async fn in_progress(&self) -> posthorn_bus::Result<()> {
+            Ok(())
+        }
+    }
+
+    async fn setup() -> (tempfile::TempDir, Backends, Addressing) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = posthorn_config::Config::default();
+        cfg.server.data_dir = dir.path().to_path_buf();
+        let b = Backends::open_embedded(&cfg).unwrap();
+        b.meta.add_domain("example.test").await.unwrap();
+        b.meta.add_account("alice@example.test", "x").await.unwrap();
+        let a = Addressing::new(b.meta.clone(), "", "mx.example.test");
+        (dir, b, a)
+    }
+
+    fn delivery(env: &Envelope, stored_at_ms: Option<i64>) -> Delivery {
+        Delivery {
+            msg_id: env.id.clone(),
+            payload: env.encode_to_vec().into(),
+            attempt: 1,
+            stored_at_ms,
+            acker: Box::new(NoAck),
+        }
+    }
+
+    #[tokio::test]
+    async fn delivers_once_and_drops_late_publishes() {
+        let (_d, b, a) = setup().await;
+        let key = b
+            .blobs
+            .put(bytes::Bytes::from_static(b"Subject: x\r\n\r\ny\r\n"))
+            .await
+            .unwrap();
+        let mut env = Envelope {
+            id: "A1".into(),
+            mail_from: "s@example.org".into(),
+            rcpt_to: vec![Recipient {
+                address: "alice@example.test".into(),
+                ..Default::default()
+            }],
+            blob_key: key,
+            size: 19,
+            publish_deadline_ms: 1_000,
+            ..Default::default()
+        };
+        // Stored within the deadline: delivered; a redelivery adds nothing.
+        route(&a, &b, &delivery(&env, Some(900))).await.unwrap();
+        route(&a, &b, &delivery(&env, Some(900))).await.unwrap();
+        assert_eq!(
+            b.meta
+                .fetch("alice@example.test", "INBOX", 1, u32::MAX)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        // Stored after smtp-ingress gave up: dropped.
+        env.id = "A2".into();
+        route(&a, &b, &delivery(&env, Some(1_001))).await.unwrap();
+        assert_eq!(
+            b.meta
+                .fetch("alice@example.test", "INBOX", 1, u32::MAX)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        // No stored time known (embedded queue): delivered.
+        env.id = "A3".into();
+        route(&a, &b, &delivery(&env, None)).await.unwrap();
+        let msgs = b
+            .meta
+            .fetch("alice@example.test", "INBOX", 1, u32::MAX)
+            .await
+            .unwrap();
+        assert_eq!(msgs.len(), 2);
+        assert_eq!(
+            msgs[0].header_prefix,
+            "Return-Path: <s@example.org>\r\nDelivered-To: alice@example.test\r\n"
+        );
+        assert_eq!(msgs[0].size, 19 + msgs[0].header_prefix.len() as u64);
+    }
 }

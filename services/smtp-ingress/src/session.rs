@@ -727,6 +727,7 @@ impl Session {
                 None => String::new(),
             },
             dsn_envid: txn.params.envid.clone().unwrap_or_default(),
+            publish_deadline_ms: now_ms() + PUBLISH_DEADLINE_MS,
         };
         if let Err(e) = self
             .shared
@@ -887,6 +888,18 @@ impl Session {
             }
         }
     }
+}
+
+/// How long after starting a publish smtp-ingress has certainly given up
+/// on it (the queue client's 5 s timeout) plus 30 s for clock skew between
+/// this host and the queue server.
+const PUBLISH_DEADLINE_MS: i64 = 35_000;
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Number of `Received:` header fields in the header section.
