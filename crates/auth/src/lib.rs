@@ -13,14 +13,13 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use argon2::Argon2;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
 
 /// argon2id hash of a random password, verified against when an account
 /// does not exist, so response time does not reveal which accounts exist.
-pub const DUMMY_HASH: &str =
-    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$3O3sLBy8Ad1qjxDw1nR8HzBRZJm0mXNOo9L7+qOLrO0";
+pub const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$3O3sLBy8Ad1qjxDw1nR8HzBRZJm0mXNOo9L7+qOLrO0";
 
 /// Hash a password (argon2id, random salt). `Err` only on an empty password
 /// or an internal failure.
@@ -43,7 +42,11 @@ pub async fn hash_password(password: String) -> Result<String, String> {
 pub async fn verify_password(password: String, hash: String) -> bool {
     tokio::task::spawn_blocking(move || {
         PasswordHash::new(&hash)
-            .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+            .map(|h| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &h)
+                    .is_ok()
+            })
             .unwrap_or(false)
     })
     .await
@@ -61,12 +64,18 @@ pub struct Throttle {
 impl Throttle {
     /// A throttle allowing `max_failures` per `window` per key.
     pub fn new(max_failures: u32, window: Duration) -> Self {
-        Throttle { max_failures, window, failures: Mutex::new(HashMap::new()) }
+        Throttle {
+            max_failures,
+            window,
+            failures: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Whether `key` may try again now.
     pub fn allowed(&self, key: &str) -> bool {
-        let Ok(mut m) = self.failures.lock() else { return true };
+        let Ok(mut m) = self.failures.lock() else {
+            return true;
+        };
         match m.get(key) {
             Some((n, since)) if since.elapsed() < self.window => *n < self.max_failures,
             Some(_) => {
@@ -79,7 +88,9 @@ impl Throttle {
 
     /// Record a failure of `key`.
     pub fn failed(&self, key: &str) {
-        let Ok(mut m) = self.failures.lock() else { return };
+        let Ok(mut m) = self.failures.lock() else {
+            return;
+        };
         if m.len() > 100_000 {
             let window = self.window;
             m.retain(|_, (_, since)| since.elapsed() < window);

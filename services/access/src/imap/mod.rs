@@ -1,20 +1,1911 @@
-//! IMAP server (RFC 3501 / 9051). To be written.
+//! IMAP server (RFC 3501 and extensions; see `docs/imap.md`).
+//!
+//! The grammar is `imap-codec`'s: commands are decoded by its
+//! [`CommandCodec`] (which also finds literals, so this module only frames
+//! lines and literal bytes), responses are encoded by its [`ResponseCodec`].
+//!
+//! # Layout
+//! - this file: the session loop, framing, authentication, mailbox commands.
+//! - [`events`]: one bus subscription per process fanned out to sessions (IDLE).
+//! - `fetch`: FETCH items, message bytes and the ENVELOPE/BODYSTRUCTURE cache.
+//! - `search`: SEARCH evaluation.
+//! - `utf7`: modified UTF-7 mailbox names.
+//!
+//! A selected mailbox is a snapshot (UIDs, flags, MODSEQ) refreshed from the
+//! metadata store after commands, on NOOP/CHECK and while idling, which is how
+//! changes made by other sessions (on any replica) become untagged
+//! EXISTS/EXPUNGE/FETCH responses.
 
+pub mod events;
+mod fetch;
+mod search;
+mod utf7;
+
+use std::collections::{BTreeSet, HashMap};
+use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use imap_codec::decode::{CommandDecodeError, Decoder};
+use imap_codec::encode::Encoder;
+use imap_codec::imap_types::auth::AuthMechanism;
+use imap_codec::imap_types::command::{Command, CommandBody};
+use imap_codec::imap_types::core::{AString, Atom, LiteralMode, NonEmptyVec, QuotedChar, Text};
+use imap_codec::imap_types::extensions::quota::{QuotaGet, Resource};
+use imap_codec::imap_types::flag::{Flag, FlagNameAttribute, FlagPerm, StoreResponse, StoreType};
+use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox};
+use imap_codec::imap_types::response::{
+    Code, CodeOther, CommandContinuationRequest, Data, Response, Status,
+};
+use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
+use imap_codec::imap_types::status::{StatusDataItem, StatusDataItemName};
+use imap_codec::{CommandCodec, ResponseCodec};
+use posthorn_bus::MailboxEvent;
+use posthorn_mailbox_store::{Error as StoreError, FlagOp, MailboxInfo, MessageMeta, SpecialUse};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
-use crate::{Ctx, Io, Peer};
+use crate::{Ctx, Io, Login, Peer};
+
+/// Longest command line (without literals) accepted.
+const MAX_LINE: usize = 1 << 20;
+/// Most literals in one command.
+const MAX_LITERALS: usize = 1000;
+/// Literal limit for commands other than APPEND.
+const MAX_SMALL_LITERAL: u64 = 1 << 20;
+/// Errors (BAD/NO) before the connection is closed.
+const MAX_ERRORS: u32 = 50;
+/// Fallback re-check of the selected mailbox while idling.
+const IDLE_RECHECK: Duration = Duration::from_secs(30);
 
 /// Run one IMAP session.
-pub async fn run(
-    _ctx: Arc<Ctx>,
-    mut stream: Box<dyn Io>,
-    _peer: Peer,
-    _shutdown: watch::Receiver<bool>,
-) {
-    let _ = stream
-        .write_all(b"* BYE IMAP is not implemented yet\r\n")
-        .await;
+pub async fn run(ctx: Arc<Ctx>, stream: Box<dyn Io>, peer: Peer, shutdown: watch::Receiver<bool>) {
+    let mut s = Session {
+        idle_timeout: Duration::from_secs(ctx.cfg.access.imap_idle_timeout_secs.max(1)),
+        ctx,
+        stream,
+        tls: peer.tls,
+        peer,
+        rbuf: Vec::new(),
+        out: Vec::new(),
+        account: None,
+        selected: None,
+        errors: 0,
+        shutdown,
+        reg: None,
+    };
+    let caps = s.capabilities().join(" ");
+    s.raw(&format!("* OK [CAPABILITY {caps}] Posthorn IMAP ready\r\n"));
+    if s.flush().await.is_err() {
+        return;
+    }
+    s.main_loop().await;
+    let _ = s.stream.shutdown().await;
+}
+
+/// A selected mailbox: the session's view (sequence numbers map to UIDs).
+struct Selected {
+    name: String,
+    read_only: bool,
+    uidvalidity: u32,
+    uidnext: u32,
+    highest_modseq: u64,
+    /// UIDs in sequence order, with the flags last told to the client.
+    msgs: Vec<(u32, Vec<String>)>,
+}
+
+impl Selected {
+    fn seq_of(&self, uid: u32) -> Option<usize> {
+        self.msgs.binary_search_by_key(&uid, |m| m.0).ok()
+    }
+}
+
+pub(crate) struct Session {
+    ctx: Arc<Ctx>,
+    stream: Box<dyn Io>,
+    peer: Peer,
+    tls: bool,
+    rbuf: Vec<u8>,
+    out: Vec<u8>,
+    account: Option<String>,
+    selected: Option<Selected>,
+    errors: u32,
+    shutdown: watch::Receiver<bool>,
+    idle_timeout: Duration,
+    reg: Option<events::Registration>,
+}
+
+/// How reading a command ended.
+enum Read {
+    /// A complete command (its bytes, literals included).
+    Command(Vec<u8>),
+    /// A line that is not a valid command (tag if one could be seen).
+    Bad(Option<String>, Vec<u8>, &'static str),
+    /// A literal too large; the client did not send it (synchronizing).
+    TooBig(String),
+    /// End the session (EOF, I/O error, timeout, shutdown, unrecoverable input).
+    Close,
+}
+
+/// What a command handler wants next.
+enum Flow {
+    Continue,
+    Close,
+}
+
+type Res<T> = Result<T, CmdError>;
+
+/// A tagged NO/BAD from a handler.
+pub(crate) struct CmdError {
+    bad: bool,
+    code: Option<String>,
+    text: String,
+}
+
+fn no(code: Option<&str>, text: impl Into<String>) -> CmdError {
+    CmdError {
+        bad: false,
+        code: code.map(str::to_string),
+        text: text.into(),
+    }
+}
+
+fn bad(text: impl Into<String>) -> CmdError {
+    CmdError {
+        bad: true,
+        code: None,
+        text: text.into(),
+    }
+}
+
+fn store_err(e: StoreError) -> CmdError {
+    match e {
+        StoreError::NotFound(_) => no(Some("NONEXISTENT"), "No such mailbox"),
+        StoreError::AlreadyExists(_) => no(Some("ALREADYEXISTS"), "Mailbox already exists"),
+        StoreError::Invalid { reason, .. } => no(Some("CANNOT"), format!("Invalid: {reason}")),
+        StoreError::Unavailable(_) => no(Some("UNAVAILABLE"), "Temporary failure, try again"),
+        other => {
+            tracing::error!(error = %other, "imap: store error");
+            no(Some("SERVERBUG"), "Internal error")
+        }
+    }
+}
+
+fn text(s: &str) -> Text<'static> {
+    let clean: String = s
+        .chars()
+        .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
+        .collect();
+    Text::try_from(clean).unwrap_or_else(|_| Text::try_from("-").expect("valid text"))
+}
+
+fn code_other(s: &str) -> Code<'static> {
+    Code::Other(CodeOther::unvalidated(s.as_bytes().to_vec()))
+}
+
+pub(crate) fn encode(resp: &Response<'_>) -> Vec<u8> {
+    ResponseCodec::default().encode(resp).dump()
+}
+
+/// The tag of a line that failed to parse, if it looks like one.
+fn guess_tag(line: &[u8]) -> Option<String> {
+    let end = line
+        .iter()
+        .position(|&c| c == b' ' || c == b'\r' || c == b'\n')
+        .unwrap_or(line.len());
+    let t = std::str::from_utf8(&line[..end]).ok()?;
+    imap_codec::imap_types::core::Tag::try_from(t).ok()?;
+    Some(t.to_string())
+}
+
+/// Resolve a sequence set against `max` (the value of `*`), as inclusive ranges.
+fn ranges(set: &SequenceSet, max: u32) -> Vec<(u32, u32)> {
+    let v = |s: &SeqOrUid| match s {
+        SeqOrUid::Value(n) => n.get(),
+        SeqOrUid::Asterisk => max,
+    };
+    set.0
+        .as_ref()
+        .iter()
+        .map(|s| match s {
+            Sequence::Single(a) => (v(a), v(a)),
+            Sequence::Range(a, b) => {
+                let (a, b) = (v(a), v(b));
+                (a.min(b), a.max(b))
+            }
+        })
+        .collect()
+}
+
+/// Render UIDs as a compact IMAP set (`1:3,7`).
+fn uid_set(uids: &[u32]) -> String {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < uids.len() {
+        let start = uids[i];
+        let mut end = start;
+        while i + 1 < uids.len() && uids[i + 1] == end.wrapping_add(1) {
+            i += 1;
+            end = uids[i];
+        }
+        out.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}:{end}")
+        });
+        i += 1;
+    }
+    out.join(",")
+}
+
+fn flag_string(f: &Flag<'_>) -> Option<String> {
+    let s = f.to_string();
+    // `\Recent` and `\*` cannot be stored.
+    if matches!(f, Flag::Extension(_)) && (s.eq_ignore_ascii_case("\\Recent") || s == "\\*") {
+        None
+    } else {
+        Some(s)
+    }
+}
+
+fn special_use_attr(s: SpecialUse) -> &'static str {
+    match s {
+        SpecialUse::All => "All",
+        SpecialUse::Archive => "Archive",
+        SpecialUse::Drafts => "Drafts",
+        SpecialUse::Flagged => "Flagged",
+        SpecialUse::Junk => "Junk",
+        SpecialUse::Sent => "Sent",
+        SpecialUse::Trash => "Trash",
+    }
+}
+
+/// `%`/`*` wildcard match (RFC 3501 §6.3.8), `/` as delimiter.
+fn wildcard(pat: &[u8], name: &[u8]) -> bool {
+    // Iterative backtracking over `*`; `%` recursion is bounded by name length.
+    fn m(p: &[u8], n: &[u8], budget: &mut u32) -> bool {
+        if *budget == 0 {
+            return false;
+        }
+        *budget -= 1;
+        match p.first() {
+            None => n.is_empty(),
+            Some(b'*') => (0..=n.len()).any(|i| m(&p[1..], &n[i..], budget)),
+            Some(b'%') => {
+                let lim = n.iter().position(|&c| c == b'/').unwrap_or(n.len());
+                (0..=lim).any(|i| m(&p[1..], &n[i..], budget))
+            }
+            Some(&c) => n.first() == Some(&c) && m(&p[1..], &n[1..], budget),
+        }
+    }
+    let mut budget = 100_000;
+    m(pat, name, &mut budget)
+}
+
+impl Session {
+    fn capabilities(&self) -> Vec<String> {
+        let mut caps = vec!["IMAP4rev1".to_string(), "LITERAL+".into(), "SASL-IR".into()];
+        if !self.tls && self.ctx.tls.is_some() && self.account.is_none() {
+            caps.push("STARTTLS".into());
+        }
+        if self.account.is_none() {
+            if self.ctx.plaintext_allowed(self.tls) {
+                caps.push("AUTH=PLAIN".into());
+            } else {
+                caps.push("LOGINDISABLED".into());
+            }
+        }
+        for c in [
+            "ENABLE",
+            "IDLE",
+            "UIDPLUS",
+            "MOVE",
+            "UNSELECT",
+            "NAMESPACE",
+            "ID",
+            "CHILDREN",
+            "SPECIAL-USE",
+            "QUOTA",
+            "QUOTA=RES-STORAGE",
+            "QUOTA=RES-MESSAGE",
+        ] {
+            caps.push(c.into());
+        }
+        caps
+    }
+
+    fn raw(&mut self, s: &str) {
+        self.out.extend_from_slice(s.as_bytes());
+    }
+
+    fn resp(&mut self, r: Response<'_>) {
+        let b = encode(&r);
+        self.out.extend_from_slice(&b);
+    }
+
+    fn data(&mut self, d: Data<'_>) {
+        self.resp(Response::Data(d));
+    }
+
+    fn untagged_ok(&mut self, code: Option<Code<'static>>, t: &str) {
+        let Ok(s) = Status::ok(None, code, text(t));
+        self.resp(Response::Status(s));
+    }
+
+    fn tagged(&mut self, tag: &str, r: Result<(Option<Code<'static>>, String), CmdError>) {
+        let Ok(t) = imap_codec::imap_types::core::Tag::try_from(tag.to_string()) else {
+            return;
+        };
+        let st = match r {
+            Ok((code, msg)) => Status::ok(Some(t), code, text(&msg)),
+            Err(e) => {
+                self.errors += 1;
+                let code = e.code.as_deref().map(code_other);
+                if e.bad {
+                    Status::bad(Some(t), code, text(&e.text))
+                } else {
+                    Status::no(Some(t), code, text(&e.text))
+                }
+            }
+        };
+        let Ok(st) = st;
+        self.resp(Response::Status(st));
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.out.is_empty() {
+            let out = std::mem::take(&mut self.out);
+            tokio::time::timeout(Duration::from_secs(300), self.stream.write_all(&out))
+                .await
+                .map_err(|_| std::io::Error::other("write timeout"))??;
+            self.stream.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Read more bytes (idle timeout, shutdown). `false`: close.
+    async fn fill(&mut self) -> bool {
+        let mut buf = [0u8; 16384];
+        let n = tokio::select! {
+            r = tokio::time::timeout(self.idle_timeout, self.stream.read(&mut buf)) => match r {
+                Ok(Ok(0)) | Ok(Err(_)) => return false,
+                Ok(Ok(n)) => n,
+                Err(_) => {
+                    self.raw("* BYE Autologout; idle for too long\r\n");
+                    let _ = self.flush().await;
+                    return false;
+                }
+            },
+            _ = self.shutdown.changed() => {
+                self.raw("* BYE Server shutting down\r\n");
+                let _ = self.flush().await;
+                return false;
+            }
+        };
+        self.rbuf.extend_from_slice(&buf[..n]);
+        true
+    }
+
+    /// Read one line (for AUTHENTICATE and IDLE), without the line ending.
+    async fn read_line(&mut self) -> Option<Vec<u8>> {
+        loop {
+            if let Some(p) = self.rbuf.iter().position(|&c| c == b'\n') {
+                let mut line: Vec<u8> = self.rbuf.drain(..=p).collect();
+                line.pop();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                return Some(line);
+            }
+            if self.rbuf.len() > 65536 {
+                return None;
+            }
+            if self.flush().await.is_err() || !self.fill().await {
+                return None;
+            }
+        }
+    }
+
+    /// Frame one command: lines and literals, using imap-codec to find literals.
+    async fn read_command(&mut self) -> Read {
+        let mut pos = 0;
+        let mut literals = 0;
+        let max_append = self.ctx.cfg.access.max_append_size;
+        loop {
+            let Some(i) = self.rbuf[pos..].iter().position(|&c| c == b'\n') else {
+                if self.rbuf.len() - pos > MAX_LINE {
+                    self.raw("* BYE Command line too long\r\n");
+                    let _ = self.flush().await;
+                    return Read::Close;
+                }
+                if self.flush().await.is_err() || !self.fill().await {
+                    return Read::Close;
+                }
+                continue;
+            };
+            let line_end = pos + i + 1;
+            let res = CommandCodec::default().decode(&self.rbuf[..line_end]);
+            match res {
+                Ok((rem, _)) => {
+                    let used = line_end - rem.len();
+                    return Read::Command(self.rbuf.drain(..used).collect());
+                }
+                Err(CommandDecodeError::LiteralFound { tag, length, mode }) => {
+                    let tag = tag.as_ref().to_string();
+                    literals += 1;
+                    let is_append = {
+                        let l = &self.rbuf[..line_end];
+                        let upper =
+                            String::from_utf8_lossy(&l[..l.len().min(64)]).to_ascii_uppercase();
+                        upper
+                            .split_whitespace()
+                            .nth(1)
+                            .is_some_and(|w| w == "APPEND")
+                    };
+                    let limit = if is_append {
+                        max_append
+                    } else {
+                        MAX_SMALL_LITERAL
+                    };
+                    if u64::from(length) > limit
+                        || literals > MAX_LITERALS
+                        || (line_end as u64 + u64::from(length)) > max_append + MAX_LINE as u64
+                    {
+                        self.rbuf.drain(..line_end);
+                        if mode == LiteralMode::NonSync {
+                            // The client sends the data anyway: we cannot resynchronise.
+                            self.tagged(&tag, Err(no(Some("TOOBIG"), "Literal too large")));
+                            self.raw("* BYE Literal too large\r\n");
+                            let _ = self.flush().await;
+                            return Read::Close;
+                        }
+                        return Read::TooBig(tag);
+                    }
+                    if mode == LiteralMode::Sync {
+                        self.raw("+ Ready for literal data\r\n");
+                    }
+                    let need = line_end + length as usize;
+                    while self.rbuf.len() < need {
+                        if self.flush().await.is_err() || !self.fill().await {
+                            return Read::Close;
+                        }
+                    }
+                    pos = need;
+                }
+                Err(_) => {
+                    let line: Vec<u8> = self.rbuf.drain(..line_end).collect();
+                    let tag = guess_tag(&line);
+                    let what = if literals > 0 {
+                        "Syntax error in command with literal"
+                    } else {
+                        "Syntax error"
+                    };
+                    return Read::Bad(tag, line, what);
+                }
+            }
+        }
+    }
+
+    async fn main_loop(&mut self) {
+        loop {
+            if self.errors >= MAX_ERRORS {
+                self.raw("* BYE Too many errors\r\n");
+                let _ = self.flush().await;
+                return;
+            }
+            if self.flush().await.is_err() {
+                return;
+            }
+            match self.read_command().await {
+                Read::Close => return,
+                Read::TooBig(tag) => {
+                    self.tagged(&tag, Err(no(Some("TOOBIG"), "Literal too large")));
+                }
+                Read::Bad(tag, line, what) => {
+                    if let Some(t) = &tag
+                        && let Some(flow) = self.fallback(t, &line).await
+                    {
+                        if matches!(flow, Flow::Close) {
+                            let _ = self.flush().await;
+                            return;
+                        }
+                        continue;
+                    }
+                    match tag {
+                        Some(t) => self.tagged(&t, Err(bad(what))),
+                        None => {
+                            self.errors += 1;
+                            self.raw(&format!("* BAD {what}\r\n"));
+                        }
+                    }
+                }
+                Read::Command(bytes) => {
+                    let Ok((_, cmd)) = CommandCodec::default().decode(&bytes) else {
+                        continue;
+                    };
+                    if let Flow::Close = self.dispatch(cmd).await {
+                        let _ = self.flush().await;
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Commands imap-codec 1.0 cannot parse: `UID EXPUNGE`, `NAMESPACE`, `ID`.
+    async fn fallback(&mut self, tag: &str, line: &[u8]) -> Option<Flow> {
+        let s = std::str::from_utf8(line).ok()?.trim_end();
+        let mut words = s.splitn(3, ' ');
+        let _tag = words.next()?;
+        let cmd = words.next()?.to_ascii_uppercase();
+        let rest = words.next().unwrap_or("");
+        match cmd.as_str() {
+            "NAMESPACE" if rest.is_empty() => {
+                if self.account.is_none() {
+                    self.tagged(tag, Err(bad("Log in first")));
+                } else {
+                    self.raw("* NAMESPACE ((\"\" \"/\")) NIL NIL\r\n");
+                    self.tagged(tag, Ok((None, "NAMESPACE completed".into())));
+                }
+                Some(Flow::Continue)
+            }
+            "ID" if rest.eq_ignore_ascii_case("NIL")
+                || (rest.starts_with('(') && rest.ends_with(')')) =>
+            {
+                self.raw("* ID (\"name\" \"Posthorn\")\r\n");
+                self.tagged(tag, Ok((None, "ID completed".into())));
+                Some(Flow::Continue)
+            }
+            "UID" => {
+                let mut w = rest.splitn(2, ' ');
+                if !w.next()?.eq_ignore_ascii_case("EXPUNGE") {
+                    return None;
+                }
+                let set = w.next()?;
+                // Let imap-codec parse the sequence set (via an equivalent UID FETCH).
+                let probe = format!("{tag} UID FETCH {set} UID\r\n");
+                let parsed = CommandCodec::default().decode(probe.as_bytes());
+                let Ok((
+                    _,
+                    Command {
+                        body: CommandBody::Fetch { sequence_set, .. },
+                        ..
+                    },
+                )) = parsed
+                else {
+                    return None;
+                };
+                let r = self.expunge(Some(&sequence_set)).await;
+                self.sync(true).await;
+                self.tagged(tag, r);
+                Some(Flow::Continue)
+            }
+            _ => None,
+        }
+    }
+
+    fn publish(&self, mailbox: &str, kind: &str) {
+        let Some(account) = self.account.clone() else {
+            return;
+        };
+        let bus = self.ctx.backends.bus.clone();
+        let ev = MailboxEvent {
+            account,
+            mailbox: mailbox.to_string(),
+            kind: kind.to_string(),
+        };
+        tokio::spawn(async move {
+            let _ = bus.publish_event(&ev).await;
+        });
+    }
+
+    async fn dispatch(&mut self, cmd: Command<'_>) -> Flow {
+        let tag = cmd.tag.as_ref().to_string();
+        let authed = self.account.is_some();
+        let needs_auth = !matches!(
+            cmd.body,
+            CommandBody::Capability
+                | CommandBody::Noop
+                | CommandBody::Logout
+                | CommandBody::StartTLS
+                | CommandBody::Login { .. }
+                | CommandBody::Authenticate { .. }
+        );
+        if needs_auth && !authed {
+            self.tagged(&tag, Err(bad("Log in first")));
+            return Flow::Continue;
+        }
+        let needs_selected = matches!(
+            cmd.body,
+            CommandBody::Close
+                | CommandBody::Unselect
+                | CommandBody::Expunge
+                | CommandBody::Search { .. }
+                | CommandBody::Fetch { .. }
+                | CommandBody::Store { .. }
+                | CommandBody::Copy { .. }
+                | CommandBody::Move { .. }
+                | CommandBody::Check
+        );
+        if needs_selected && self.selected.is_none() {
+            self.tagged(&tag, Err(bad("No mailbox selected")));
+            return Flow::Continue;
+        }
+        // RFC 3501 §7.4.1: no EXPUNGE responses during FETCH/STORE/SEARCH.
+        let mut expunge_ok = true;
+        let r: Res<(Option<Code<'static>>, String)> = match cmd.body {
+            CommandBody::Capability => {
+                let caps = self.capabilities().join(" ");
+                self.raw(&format!("* CAPABILITY {caps}\r\n"));
+                Ok((None, "CAPABILITY completed".into()))
+            }
+            CommandBody::Noop => Ok((None, "NOOP completed".into())),
+            CommandBody::Check => Ok((None, "CHECK completed".into())),
+            CommandBody::Logout => {
+                self.raw("* BYE Logging out\r\n");
+                self.tagged(&tag, Ok((None, "LOGOUT completed".into())));
+                return Flow::Close;
+            }
+            CommandBody::StartTLS => return self.starttls(&tag).await,
+            CommandBody::Login { username, password } => {
+                let user = String::from_utf8_lossy(username.as_ref()).into_owned();
+                let pass = String::from_utf8_lossy(password.declassify().as_ref()).into_owned();
+                self.login(&user, &pass).await
+            }
+            CommandBody::Authenticate {
+                mechanism,
+                initial_response,
+            } => {
+                let ir = initial_response.map(|s| s.declassify().to_vec());
+                match self.authenticate(&mechanism, ir).await {
+                    Some(r) => r,
+                    None => return Flow::Close,
+                }
+            }
+            CommandBody::Select { mailbox } => self.select(&mailbox, false).await,
+            CommandBody::Examine { mailbox } => self.select(&mailbox, true).await,
+            CommandBody::Create { mailbox } => self.create(&mailbox).await,
+            CommandBody::Delete { mailbox } => self.delete(&mailbox).await,
+            CommandBody::Rename { from, to } => self.rename(&from, &to).await,
+            CommandBody::Subscribe { mailbox } => self.subscribe(&mailbox, true).await,
+            CommandBody::Unsubscribe { mailbox } => self.subscribe(&mailbox, false).await,
+            CommandBody::List {
+                reference,
+                mailbox_wildcard,
+            } => self.list(&reference, &mailbox_wildcard, false).await,
+            CommandBody::Lsub {
+                reference,
+                mailbox_wildcard,
+            } => self.list(&reference, &mailbox_wildcard, true).await,
+            CommandBody::Status {
+                mailbox,
+                item_names,
+            } => self.status(&mailbox, &item_names).await,
+            CommandBody::Append {
+                mailbox,
+                flags,
+                date,
+                message,
+            } => {
+                let date = date.map(|d| d.as_ref().timestamp());
+                self.append(&mailbox, &flags, date, message.data()).await
+            }
+            CommandBody::Close => {
+                if let Some(sel) = &self.selected
+                    && !sel.read_only
+                {
+                    let _ = self.expunge_deleted(None, false).await;
+                }
+                self.unselect();
+                Ok((None, "CLOSE completed".into()))
+            }
+            CommandBody::Unselect => {
+                self.unselect();
+                Ok((None, "UNSELECT completed".into()))
+            }
+            CommandBody::Expunge => self.expunge(None).await,
+            CommandBody::Search {
+                charset,
+                criteria,
+                uid,
+            } => {
+                expunge_ok = uid;
+                self.search(charset.as_ref().map(|c| c.as_ref()), &criteria, uid)
+                    .await
+            }
+            CommandBody::Fetch {
+                sequence_set,
+                macro_or_item_names,
+                uid,
+            } => {
+                expunge_ok = uid;
+                self.fetch(&sequence_set, macro_or_item_names, uid).await
+            }
+            CommandBody::Store {
+                sequence_set,
+                kind,
+                response,
+                flags,
+                uid,
+            } => {
+                expunge_ok = uid;
+                self.store(&sequence_set, kind, response, &flags, uid).await
+            }
+            CommandBody::Copy {
+                sequence_set,
+                mailbox,
+                uid,
+            } => self.copy(&sequence_set, &mailbox, uid, false).await,
+            CommandBody::Move {
+                sequence_set,
+                mailbox,
+                uid,
+            } => self.copy(&sequence_set, &mailbox, uid, true).await,
+            CommandBody::Idle => match self.idle(&tag).await {
+                Some(r) => r,
+                None => return Flow::Close,
+            },
+            CommandBody::Enable { .. } => {
+                self.data(Data::Enabled {
+                    capabilities: vec![],
+                });
+                Ok((None, "ENABLE completed".into()))
+            }
+            CommandBody::GetQuotaRoot { mailbox } => self.get_quota_root(&mailbox).await,
+            CommandBody::GetQuota { root } => self.get_quota(root.as_ref()).await,
+            CommandBody::SetQuota { .. } => Err(no(Some("NOPERM"), "Quotas are set by the admin")),
+            CommandBody::Compress { .. } => Err(no(None, "COMPRESS is not supported")),
+        };
+        if self.selected.is_some() {
+            self.sync(expunge_ok).await;
+        }
+        self.tagged(&tag, r);
+        Flow::Continue
+    }
+
+    async fn starttls(&mut self, tag: &str) -> Flow {
+        if self.tls {
+            self.tagged(tag, Err(bad("TLS is active already")));
+            return Flow::Continue;
+        }
+        let Some(acceptor) = self.ctx.tls.clone() else {
+            self.tagged(tag, Err(no(None, "TLS is not available")));
+            return Flow::Continue;
+        };
+        self.tagged(tag, Ok((None, "Begin TLS negotiation now".into())));
+        if self.flush().await.is_err() {
+            return Flow::Close;
+        }
+        // Anything pipelined after STARTTLS is discarded (CVE-2011-0411 class).
+        self.rbuf.clear();
+        let plain = std::mem::replace(&mut self.stream, Box::new(tokio::io::duplex(1).0));
+        match tokio::time::timeout(Duration::from_secs(60), acceptor.accept(plain)).await {
+            Ok(Ok(tls)) => {
+                self.stream = Box::new(tls);
+                self.tls = true;
+                self.peer.tls = true;
+                Flow::Continue
+            }
+            _ => Flow::Close,
+        }
+    }
+
+    async fn login(&mut self, user: &str, pass: &str) -> Res<(Option<Code<'static>>, String)> {
+        if self.account.is_some() {
+            return Err(bad("Already logged in"));
+        }
+        if !self.ctx.plaintext_allowed(self.tls) {
+            return Err(no(
+                Some("PRIVACYREQUIRED"),
+                "Use STARTTLS before sending a password",
+            ));
+        }
+        match self.ctx.login(user, pass, self.peer.ip).await {
+            Login::Ok(account) => {
+                tracing::info!(%account, "imap login");
+                self.account = Some(account);
+                let caps = self.capabilities().join(" ");
+                Ok((
+                    Some(code_other(&format!("CAPABILITY {caps}"))),
+                    "Logged in".into(),
+                ))
+            }
+            Login::BadCredentials => Err(no(Some("AUTHENTICATIONFAILED"), "Authentication failed")),
+            Login::Throttled => Err(no(
+                Some("UNAVAILABLE"),
+                "Too many failed logins, try again later",
+            )),
+            Login::Unavailable(_) => Err(no(Some("UNAVAILABLE"), "Directory unavailable")),
+        }
+    }
+
+    /// `None`: the connection is gone.
+    async fn authenticate(
+        &mut self,
+        mech: &AuthMechanism<'_>,
+        ir: Option<Vec<u8>>,
+    ) -> Option<Res<(Option<Code<'static>>, String)>> {
+        if self.account.is_some() {
+            return Some(Err(bad("Already logged in")));
+        }
+        if !matches!(mech, AuthMechanism::Plain) {
+            return Some(Err(no(None, "Unsupported mechanism")));
+        }
+        if !self.ctx.plaintext_allowed(self.tls) {
+            return Some(Err(no(
+                Some("PRIVACYREQUIRED"),
+                "Use STARTTLS before authenticating",
+            )));
+        }
+        let data = match ir {
+            Some(d) => d,
+            None => {
+                self.raw("+ \r\n");
+                let line = self.read_line().await?;
+                if line == b"*" {
+                    return Some(Err(bad("Authentication cancelled")));
+                }
+                use base64::Engine;
+                match base64::engine::general_purpose::STANDARD.decode(&line) {
+                    Ok(d) => d,
+                    Err(_) => return Some(Err(bad("Invalid base64"))),
+                }
+            }
+        };
+        let mut parts = data.split(|&c| c == 0);
+        let (Some(authz), Some(authc), Some(pass), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Some(Err(bad("Malformed PLAIN response")));
+        };
+        let authc = String::from_utf8_lossy(authc).into_owned();
+        if !authz.is_empty()
+            && posthorn_mailbox_store::normalize_address(&String::from_utf8_lossy(authz))
+                != posthorn_mailbox_store::normalize_address(&authc)
+        {
+            return Some(Err(no(
+                Some("AUTHORIZATIONFAILED"),
+                "Cannot act as another user",
+            )));
+        }
+        let pass = String::from_utf8_lossy(pass).into_owned();
+        Some(self.login(&authc, &pass).await)
+    }
+
+    fn account(&self) -> String {
+        self.account.clone().unwrap_or_default()
+    }
+
+    /// Decode, validate and canonicalise a client mailbox name.
+    fn mailbox_name(&self, m: &Mailbox<'_>) -> Res<String> {
+        let raw = match m {
+            Mailbox::Inbox => return Ok("INBOX".into()),
+            Mailbox::Other(o) => o.inner().as_ref().to_vec(),
+        };
+        let s = String::from_utf8(raw).map_err(|_| bad("Mailbox name is not UTF-8"))?;
+        let decoded = utf7::decode(&s).ok_or_else(|| bad("Invalid modified UTF-7 name"))?;
+        let trimmed = decoded.strip_suffix('/').unwrap_or(&decoded);
+        posthorn_mailbox_store::validate_mailbox_name(trimmed)
+            .map_err(|e| no(Some("CANNOT"), format!("{e}")))
+    }
+
+    fn mailbox_out(name: &str) -> Mailbox<'static> {
+        if name == "INBOX" {
+            return Mailbox::Inbox;
+        }
+        let enc = utf7::encode(name);
+        Mailbox::try_from(enc).unwrap_or(Mailbox::Inbox)
+    }
+
+    fn unselect(&mut self) {
+        self.selected = None;
+    }
+
+    async fn select(
+        &mut self,
+        m: &Mailbox<'_>,
+        read_only: bool,
+    ) -> Res<(Option<Code<'static>>, String)> {
+        self.selected = None;
+        let name = self.mailbox_name(m)?;
+        let account = self.account();
+        let info = self
+            .ctx
+            .backends
+            .meta
+            .get_mailbox(&account, &name)
+            .await
+            .map_err(store_err)?
+            .ok_or_else(|| no(Some("NONEXISTENT"), "No such mailbox"))?;
+        let msgs = self
+            .ctx
+            .backends
+            .meta
+            .fetch(&account, &name, 1, u32::MAX)
+            .await
+            .map_err(store_err)?;
+        let mut keywords: BTreeSet<String> = BTreeSet::new();
+        for m in &msgs {
+            for f in &m.flags {
+                if !f.starts_with('\\') {
+                    keywords.insert(f.clone());
+                }
+            }
+        }
+        let sys = ["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"];
+        let mut flags: Vec<Flag<'static>> =
+            sys.iter().filter_map(|f| Flag::try_from(*f).ok()).collect();
+        flags.extend(
+            keywords
+                .iter()
+                .filter_map(|k| Atom::try_from(k.clone()).ok().map(Flag::Keyword)),
+        );
+        self.data(Data::Flags(flags.clone()));
+        let mut perm: Vec<FlagPerm<'static>> = flags.into_iter().map(FlagPerm::Flag).collect();
+        if read_only {
+            perm.clear();
+        } else {
+            perm.push(FlagPerm::Asterisk);
+        }
+        self.untagged_ok(Some(Code::PermanentFlags(perm)), "Flags permitted");
+        self.data(Data::Exists(msgs.len() as u32));
+        self.data(Data::Recent(0));
+        if let Some(p) = msgs
+            .iter()
+            .position(|m| !m.flags.iter().any(|f| f == "\\Seen"))
+            && let Ok(c) = Code::unseen(p as u32 + 1)
+        {
+            self.untagged_ok(Some(c), "First unseen");
+        }
+        if let Ok(c) = Code::uidvalidity(info.uidvalidity) {
+            self.untagged_ok(Some(c), "UIDs valid");
+        }
+        if let Ok(c) = Code::uidnext(info.uidnext.max(1)) {
+            self.untagged_ok(Some(c), "Predicted next UID");
+        }
+        self.untagged_ok(
+            Some(code_other(&format!(
+                "HIGHESTMODSEQ {}",
+                info.highest_modseq
+            ))),
+            "Highest",
+        );
+        self.selected = Some(Selected {
+            name: name.clone(),
+            read_only,
+            uidvalidity: info.uidvalidity,
+            uidnext: info.uidnext,
+            highest_modseq: info.highest_modseq,
+            msgs: msgs.into_iter().map(|m| (m.uid, m.flags)).collect(),
+        });
+        self.ensure_registered().await;
+        let (code, verb) = if read_only {
+            (Code::ReadOnly, "EXAMINE")
+        } else {
+            (Code::ReadWrite, "SELECT")
+        };
+        Ok((Some(code), format!("{verb} completed")))
+    }
+
+    async fn ensure_registered(&mut self) {
+        if self.reg.is_none()
+            && let Some(hub) = events::EventHub::get(&self.ctx.backends.bus).await
+        {
+            self.reg = Some(hub.register(&self.account()));
+        }
+    }
+
+    /// Bring the snapshot up to date, telling the client (EXPUNGE only if
+    /// `expunge_ok`; otherwise expunged messages stay in the snapshot).
+    async fn sync(&mut self, expunge_ok: bool) {
+        let account = self.account();
+        let Some(sel) = &self.selected else {
+            return;
+        };
+        let name = sel.name.clone();
+        let info = match self.ctx.backends.meta.get_mailbox(&account, &name).await {
+            Ok(Some(i)) => i,
+            Ok(None) => {
+                self.raw("* BYE Selected mailbox was deleted\r\n");
+                self.selected = None;
+                return;
+            }
+            Err(_) => return,
+        };
+        let sel = self.selected.as_ref().expect("selected");
+        if info.uidvalidity != sel.uidvalidity {
+            self.raw("* BYE UIDVALIDITY changed\r\n");
+            self.selected = None;
+            return;
+        }
+        if info.highest_modseq == sel.highest_modseq && info.uidnext == sel.uidnext {
+            return;
+        }
+        let Ok(msgs) = self
+            .ctx
+            .backends
+            .meta
+            .fetch(&account, &name, 1, u32::MAX)
+            .await
+        else {
+            return;
+        };
+        self.apply_snapshot(info, msgs, expunge_ok);
+    }
+
+    fn apply_snapshot(&mut self, info: MailboxInfo, msgs: Vec<MessageMeta>, expunge_ok: bool) {
+        let Some(mut sel) = self.selected.take() else {
+            return;
+        };
+        let current: HashMap<u32, &MessageMeta> = msgs.iter().map(|m| (m.uid, m)).collect();
+        let mut complete = true;
+        // Expunges, in ascending order: each EXPUNGE renumbers the rest.
+        if expunge_ok {
+            let mut i = 0;
+            while i < sel.msgs.len() {
+                if current.contains_key(&sel.msgs[i].0) {
+                    i += 1;
+                } else {
+                    sel.msgs.remove(i);
+                    self.raw(&format!("* {} EXPUNGE\r\n", i + 1));
+                }
+            }
+        } else if sel.msgs.iter().any(|m| !current.contains_key(&m.0)) {
+            complete = false;
+        }
+        // Flag changes.
+        for (i, (uid, flags)) in sel.msgs.iter_mut().enumerate() {
+            if let Some(m) = current.get(uid)
+                && m.flags != *flags
+            {
+                flags.clone_from(&m.flags);
+                let fl = fetch::flags_list(flags);
+                self.raw(&format!(
+                    "* {} FETCH (UID {} FLAGS ({}))\r\n",
+                    i + 1,
+                    uid,
+                    fl
+                ));
+            }
+        }
+        // New messages.
+        let last = sel.msgs.last().map_or(0, |m| m.0);
+        let before = sel.msgs.len();
+        for m in &msgs {
+            if m.uid > last {
+                sel.msgs.push((m.uid, m.flags.clone()));
+            }
+        }
+        if sel.msgs.len() != before {
+            self.raw(&format!("* {} EXISTS\r\n", sel.msgs.len()));
+        }
+        sel.uidnext = info.uidnext;
+        if complete {
+            sel.highest_modseq = info.highest_modseq;
+        }
+        self.selected = Some(sel);
+    }
+
+    async fn create(&mut self, m: &Mailbox<'_>) -> Res<(Option<Code<'static>>, String)> {
+        let name = self.mailbox_name(m)?;
+        if name == "INBOX" {
+            return Err(no(Some("ALREADYEXISTS"), "INBOX exists"));
+        }
+        let account = self.account();
+        // Create missing superiors (RFC 3501 §6.3.3).
+        let levels: Vec<&str> = name.split('/').collect();
+        for n in 1..levels.len() {
+            let parent = levels[..n].join("/");
+            match self
+                .ctx
+                .backends
+                .meta
+                .create_mailbox(&account, &parent, None)
+                .await
+            {
+                Ok(_) | Err(StoreError::AlreadyExists(_)) => {}
+                Err(e) => return Err(store_err(e)),
+            }
+        }
+        self.ctx
+            .backends
+            .meta
+            .create_mailbox(&account, &name, None)
+            .await
+            .map_err(store_err)?;
+        Ok((None, "CREATE completed".into()))
+    }
+
+    async fn delete(&mut self, m: &Mailbox<'_>) -> Res<(Option<Code<'static>>, String)> {
+        let name = self.mailbox_name(m)?;
+        if name == "INBOX" {
+            return Err(no(Some("CANNOT"), "INBOX cannot be deleted"));
+        }
+        let account = self.account();
+        let all = self
+            .ctx
+            .backends
+            .meta
+            .list_mailboxes(&account)
+            .await
+            .map_err(store_err)?;
+        let prefix = format!("{name}/");
+        if all.iter().any(|b| b.name.starts_with(&prefix)) {
+            return Err(no(
+                Some("INUSE"),
+                "Mailbox has inferior mailboxes; delete them first",
+            ));
+        }
+        self.ctx
+            .backends
+            .meta
+            .delete_mailbox(&account, &name)
+            .await
+            .map_err(store_err)?;
+        if self.selected.as_ref().is_some_and(|s| s.name == name) {
+            self.selected = None;
+        }
+        self.publish(&name, "delete");
+        Ok((None, "DELETE completed".into()))
+    }
+
+    async fn rename(
+        &mut self,
+        from: &Mailbox<'_>,
+        to: &Mailbox<'_>,
+    ) -> Res<(Option<Code<'static>>, String)> {
+        let from = self.mailbox_name(from)?;
+        let to = self.mailbox_name(to)?;
+        let account = self.account();
+        let meta = self.ctx.backends.meta.clone();
+        let all = meta.list_mailboxes(&account).await.map_err(store_err)?;
+        if !all.iter().any(|b| b.name == from) {
+            return Err(no(Some("NONEXISTENT"), "No such mailbox"));
+        }
+        if all.iter().any(|b| b.name == to) {
+            return Err(no(Some("ALREADYEXISTS"), "Target exists"));
+        }
+        let prefix = format!("{from}/");
+        if to.starts_with(&prefix) {
+            return Err(no(Some("CANNOT"), "Cannot move a mailbox into itself"));
+        }
+        // Superiors of the new name.
+        let levels: Vec<&str> = to.split('/').collect();
+        for n in 1..levels.len() {
+            let parent = levels[..n].join("/");
+            match meta.create_mailbox(&account, &parent, None).await {
+                Ok(_) | Err(StoreError::AlreadyExists(_)) => {}
+                Err(e) => return Err(store_err(e)),
+            }
+        }
+        meta.rename_mailbox(&account, &from, &to)
+            .await
+            .map_err(store_err)?;
+        if from != "INBOX" {
+            for child in all.iter().filter(|b| b.name.starts_with(&prefix)) {
+                let new = format!("{to}/{}", &child.name[prefix.len()..]);
+                match meta.rename_mailbox(&account, &child.name, &new).await {
+                    Ok(()) | Err(StoreError::NotFound(_)) => {}
+                    Err(e) => return Err(store_err(e)),
+                }
+            }
+        }
+        Ok((None, "RENAME completed".into()))
+    }
+
+    async fn subscribe(
+        &mut self,
+        m: &Mailbox<'_>,
+        on: bool,
+    ) -> Res<(Option<Code<'static>>, String)> {
+        let name = self.mailbox_name(m)?;
+        self.ctx
+            .backends
+            .meta
+            .set_subscribed(&self.account(), &name, on)
+            .await
+            .map_err(store_err)?;
+        Ok((
+            None,
+            if on {
+                "SUBSCRIBE completed"
+            } else {
+                "UNSUBSCRIBE completed"
+            }
+            .into(),
+        ))
+    }
+
+    async fn list(
+        &mut self,
+        reference: &Mailbox<'_>,
+        pattern: &ListMailbox<'_>,
+        lsub: bool,
+    ) -> Res<(Option<Code<'static>>, String)> {
+        let reference = match reference {
+            Mailbox::Inbox => "INBOX".to_string(),
+            Mailbox::Other(o) => String::from_utf8_lossy(o.inner().as_ref()).into_owned(),
+        };
+        let pat = match pattern {
+            ListMailbox::Token(t) => String::from_utf8_lossy(t.as_ref()).into_owned(),
+            ListMailbox::String(s) => String::from_utf8_lossy(s.as_ref()).into_owned(),
+        };
+        let verb = if lsub { "LSUB" } else { "LIST" };
+        let delim = QuotedChar::try_from('/').ok();
+        if pat.is_empty() && !lsub {
+            self.raw("* LIST (\\Noselect) \"/\" \"\"\r\n");
+            return Ok((None, "LIST completed".into()));
+        }
+        let full = utf7::decode(&format!("{reference}{pat}"))
+            .ok_or_else(|| bad("Invalid modified UTF-7 pattern"))?;
+        let all = self
+            .ctx
+            .backends
+            .meta
+            .list_mailboxes(&self.account())
+            .await
+            .map_err(store_err)?;
+        // Real mailboxes plus missing superiors (shown \Noselect).
+        let mut names: std::collections::BTreeMap<String, Option<&MailboxInfo>> =
+            std::collections::BTreeMap::new();
+        for b in &all {
+            names.insert(b.name.clone(), Some(b));
+            let mut p = b.name.as_str();
+            while let Some((parent, _)) = p.rsplit_once('/') {
+                names.entry(parent.to_string()).or_insert(None);
+                p = parent;
+            }
+        }
+        let pat_inbox = {
+            // INBOX is case-insensitive.
+            let b = full.as_bytes();
+            if b.len() >= 5
+                && full[..5].eq_ignore_ascii_case("INBOX")
+                && (b.len() == 5 || b[5] == b'/')
+            {
+                format!("INBOX{}", &full[5..])
+            } else {
+                full.clone()
+            }
+        };
+        for (name, info) in &names {
+            if !wildcard(full.as_bytes(), name.as_bytes())
+                && !wildcard(pat_inbox.as_bytes(), name.as_bytes())
+            {
+                continue;
+            }
+            if lsub && !info.is_some_and(|i| i.subscribed) {
+                continue;
+            }
+            let prefix = format!("{name}/");
+            let has_children = names.keys().any(|n| n.starts_with(&prefix));
+            let mut items: Vec<FlagNameAttribute<'static>> = Vec::new();
+            let attr = |s: &'static str| FlagNameAttribute::from(Atom::try_from(s).expect("atom"));
+            if info.is_none() {
+                items.push(FlagNameAttribute::Noselect);
+            }
+            items.push(attr(if has_children {
+                "HasChildren"
+            } else {
+                "HasNoChildren"
+            }));
+            if let Some(su) = info.and_then(|i| i.special_use) {
+                items.push(attr(special_use_attr(su)));
+            }
+            let mailbox = Self::mailbox_out(name);
+            let d = if lsub {
+                Data::Lsub {
+                    items,
+                    delimiter: delim,
+                    mailbox,
+                }
+            } else {
+                Data::List {
+                    items,
+                    delimiter: delim,
+                    mailbox,
+                }
+            };
+            self.data(d);
+        }
+        Ok((None, format!("{verb} completed")))
+    }
+
+    async fn status(
+        &mut self,
+        m: &Mailbox<'_>,
+        items: &[StatusDataItemName],
+    ) -> Res<(Option<Code<'static>>, String)> {
+        let name = self.mailbox_name(m)?;
+        let account = self.account();
+        let info = self
+            .ctx
+            .backends
+            .meta
+            .get_mailbox(&account, &name)
+            .await
+            .map_err(store_err)?
+            .ok_or_else(|| no(Some("NONEXISTENT"), "No such mailbox"))?;
+        let need_msgs = items.iter().any(|i| {
+            matches!(
+                i,
+                StatusDataItemName::Deleted | StatusDataItemName::DeletedStorage
+            )
+        });
+        let msgs = if need_msgs {
+            self.ctx
+                .backends
+                .meta
+                .fetch(&account, &name, 1, u32::MAX)
+                .await
+                .map_err(store_err)?
+        } else {
+            Vec::new()
+        };
+        let deleted = || {
+            msgs.iter()
+                .filter(|m| m.flags.iter().any(|f| f == "\\Deleted"))
+        };
+        let mut out = Vec::new();
+        let mut modseq = false;
+        for i in items {
+            match i {
+                StatusDataItemName::Messages => out.push(StatusDataItem::Messages(info.exists)),
+                StatusDataItemName::Recent => out.push(StatusDataItem::Recent(0)),
+                StatusDataItemName::UidNext => {
+                    out.push(StatusDataItem::UidNext(
+                        NonZeroU32::new(info.uidnext).unwrap_or(NonZeroU32::MIN),
+                    ));
+                }
+                StatusDataItemName::UidValidity => out.push(StatusDataItem::UidValidity(
+                    NonZeroU32::new(info.uidvalidity).unwrap_or(NonZeroU32::MIN),
+                )),
+                StatusDataItemName::Unseen => out.push(StatusDataItem::Unseen(info.unseen)),
+                StatusDataItemName::Deleted => {
+                    out.push(StatusDataItem::Deleted(deleted().count() as u32));
+                }
+                StatusDataItemName::DeletedStorage => out.push(StatusDataItem::DeletedStorage(
+                    deleted().map(|m| m.size).sum(),
+                )),
+                StatusDataItemName::HighestModSeq => modseq = true,
+            }
+        }
+        let mut line = encode(&Response::Data(Data::Status {
+            mailbox: Self::mailbox_out(&name),
+            items: out.into(),
+        }));
+        if modseq {
+            // imap-codec 1.0 cannot encode HIGHESTMODSEQ in STATUS: append it.
+            if line.ends_with(b")\r\n") {
+                line.truncate(line.len() - 3);
+                if !line.ends_with(b"(") {
+                    line.push(b' ');
+                }
+                line.extend_from_slice(
+                    format!("HIGHESTMODSEQ {})\r\n", info.highest_modseq).as_bytes(),
+                );
+            }
+        }
+        self.out.extend_from_slice(&line);
+        Ok((None, "STATUS completed".into()))
+    }
+
+    /// Refuse if `bytes` more bytes and `count` more messages exceed the quota.
+    async fn check_quota(&mut self, bytes: u64, count: u64) -> Res<()> {
+        let account = self.account();
+        let meta = &self.ctx.backends.meta;
+        let Some(acct) = meta.get_account(&account).await.map_err(store_err)? else {
+            return Err(no(Some("SERVERBUG"), "Account vanished"));
+        };
+        if acct.quota.max_bytes.is_none() && acct.quota.max_messages.is_none() {
+            return Ok(());
+        }
+        let usage = meta.get_usage(&account).await.map_err(store_err)?;
+        if acct
+            .quota
+            .max_bytes
+            .is_some_and(|m| usage.bytes.saturating_add(bytes) > m)
+            || acct
+                .quota
+                .max_messages
+                .is_some_and(|m| usage.messages.saturating_add(count) > m)
+        {
+            return Err(no(Some("OVERQUOTA"), "Quota exceeded"));
+        }
+        Ok(())
+    }
+
+    async fn append(
+        &mut self,
+        m: &Mailbox<'_>,
+        flags: &[Flag<'_>],
+        date: Option<i64>,
+        data: &[u8],
+    ) -> Res<(Option<Code<'static>>, String)> {
+        let name = self.mailbox_name(m)?;
+        let account = self.account();
+        let Some(info) = self
+            .ctx
+            .backends
+            .meta
+            .get_mailbox(&account, &name)
+            .await
+            .map_err(store_err)?
+        else {
+            return Err(no(Some("TRYCREATE"), "No such mailbox"));
+        };
+        if data.len() as u64 > self.ctx.cfg.access.max_append_size {
+            return Err(no(Some("TOOBIG"), "Message too large"));
+        }
+        self.check_quota(data.len() as u64, 1).await?;
+        let st = posthorn_mime::analyze(data);
+        let key = self
+            .ctx
+            .backends
+            .blobs
+            .put(bytes::Bytes::copy_from_slice(data))
+            .await
+            .map_err(|_| no(Some("UNAVAILABLE"), "Cannot store the message, try again"))?;
+        let mut fl: Vec<String> = flags.iter().filter_map(flag_string).collect();
+        fl.dedup();
+        let now = chrono::Utc::now().timestamp();
+        let out = self
+            .ctx
+            .backends
+            .meta
+            .append(
+                &account,
+                &name,
+                posthorn_mailbox_store::NewMessage {
+                    dedupe_key: None,
+                    flags: fl,
+                    internal_date: date.unwrap_or(now),
+                    size: data.len() as u64,
+                    blob_key: key,
+                    header_prefix: String::new(),
+                    envelope: serde_json::to_string(&st.envelope).ok(),
+                    bodystructure: Some(st.to_json()),
+                },
+            )
+            .await
+            .map_err(store_err)?;
+        let uid = match out {
+            posthorn_mailbox_store::AppendOutcome::Appended { uid, .. } => uid,
+            posthorn_mailbox_store::AppendOutcome::Duplicate { uid } => uid,
+        };
+        self.publish(&name, "append");
+        Ok((
+            Some(code_other(&format!("APPENDUID {} {uid}", info.uidvalidity))),
+            "APPEND completed".into(),
+        ))
+    }
+
+    /// Resolve a set to snapshot indices (ascending, unique).
+    fn resolve(&self, set: &SequenceSet, uid: bool) -> Res<Vec<usize>> {
+        let sel = self
+            .selected
+            .as_ref()
+            .ok_or_else(|| bad("No mailbox selected"))?;
+        let n = sel.msgs.len();
+        let mut out = BTreeSet::new();
+        if uid {
+            let max = sel.msgs.last().map_or(0, |m| m.0);
+            if n == 0 {
+                return Ok(Vec::new());
+            }
+            for (a, b) in ranges(set, max) {
+                let start = sel.msgs.partition_point(|m| m.0 < a);
+                for (i, m) in sel.msgs.iter().enumerate().skip(start) {
+                    if m.0 > b {
+                        break;
+                    }
+                    out.insert(i);
+                }
+            }
+        } else {
+            if n == 0 {
+                return Err(bad("No messages in the mailbox"));
+            }
+            for (a, b) in ranges(set, n as u32) {
+                if b as usize > n {
+                    return Err(bad("Invalid message sequence number"));
+                }
+                out.extend((a as usize - 1)..(b as usize));
+                if out.len() > 10_000_000 {
+                    return Err(bad("Sequence set too large"));
+                }
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    async fn store(
+        &mut self,
+        set: &SequenceSet,
+        kind: StoreType,
+        response: StoreResponse,
+        flags: &[Flag<'_>],
+        uid: bool,
+    ) -> Res<(Option<Code<'static>>, String)> {
+        let idx = self.resolve(set, uid)?;
+        let sel = self.selected.as_ref().expect("selected");
+        if sel.read_only {
+            return Err(no(Some("READ-ONLY"), "Mailbox is read-only"));
+        }
+        let name = sel.name.clone();
+        let uids: Vec<u32> = idx.iter().map(|&i| sel.msgs[i].0).collect();
+        let fl: Vec<String> = flags.iter().filter_map(flag_string).collect();
+        let op = match kind {
+            StoreType::Replace => FlagOp::Set,
+            StoreType::Add => FlagOp::Add,
+            StoreType::Remove => FlagOp::Remove,
+        };
+        let updates = self
+            .ctx
+            .backends
+            .meta
+            .store_flags(&self.account(), &name, &uids, op, &fl, None)
+            .await
+            .map_err(store_err)?;
+        let silent = matches!(response, StoreResponse::Silent);
+        let mut lines = Vec::new();
+        if let Some(sel) = self.selected.as_mut() {
+            for u in &updates {
+                if let Some(i) = sel.seq_of(u.uid) {
+                    sel.msgs[i].1.clone_from(&u.flags);
+                    if !silent {
+                        let fl = fetch::flags_list(&u.flags);
+                        lines.push(if uid {
+                            format!("* {} FETCH (UID {} FLAGS ({fl}))\r\n", i + 1, u.uid)
+                        } else {
+                            format!("* {} FETCH (FLAGS ({fl}))\r\n", i + 1)
+                        });
+                    }
+                }
+            }
+        }
+        for l in lines {
+            self.raw(&l);
+        }
+        if !updates.is_empty() {
+            self.publish(&name, "flags");
+        }
+        Ok((None, "STORE completed".into()))
+    }
+
+    /// Expunge `\Deleted` messages (all, or those in a UID set), telling the client if `tell`.
+    async fn expunge_deleted(&mut self, uids: Option<&SequenceSet>, tell: bool) -> Res<Vec<u32>> {
+        let account = self.account();
+        let sel = self
+            .selected
+            .as_ref()
+            .ok_or_else(|| bad("No mailbox selected"))?;
+        if sel.read_only {
+            return Err(no(Some("READ-ONLY"), "Mailbox is read-only"));
+        }
+        let name = sel.name.clone();
+        let allowed: Option<BTreeSet<u32>> = match uids {
+            Some(set) => Some(
+                self.resolve(set, true)?
+                    .into_iter()
+                    .map(|i| sel.msgs[i].0)
+                    .collect(),
+            ),
+            None => None,
+        };
+        let msgs = self
+            .ctx
+            .backends
+            .meta
+            .fetch(&account, &name, 1, u32::MAX)
+            .await
+            .map_err(store_err)?;
+        let targets: Vec<u32> = msgs
+            .iter()
+            .filter(|m| m.flags.iter().any(|f| f == "\\Deleted"))
+            .filter(|m| allowed.as_ref().is_none_or(|a| a.contains(&m.uid)))
+            .filter(|m| sel.seq_of(m.uid).is_some())
+            .map(|m| m.uid)
+            .collect();
+        if targets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let removed = self
+            .ctx
+            .backends
+            .meta
+            .expunge(&account, &name, &targets)
+            .await
+            .map_err(store_err)?;
+        self.remove_from_snapshot(&removed, tell);
+        if !removed.is_empty() {
+            self.publish(&name, "expunge");
+        }
+        Ok(removed)
+    }
+
+    fn remove_from_snapshot(&mut self, removed: &[u32], tell: bool) {
+        let mut lines = Vec::new();
+        if let Some(sel) = self.selected.as_mut() {
+            for u in removed {
+                if let Some(i) = sel.seq_of(*u) {
+                    sel.msgs.remove(i);
+                    lines.push(format!("* {} EXPUNGE\r\n", i + 1));
+                }
+            }
+        }
+        if tell {
+            for l in lines {
+                self.raw(&l);
+            }
+        }
+    }
+
+    async fn expunge(
+        &mut self,
+        uids: Option<&SequenceSet>,
+    ) -> Res<(Option<Code<'static>>, String)> {
+        self.expunge_deleted(uids, true).await?;
+        Ok((None, "EXPUNGE completed".into()))
+    }
+
+    async fn copy(
+        &mut self,
+        set: &SequenceSet,
+        m: &Mailbox<'_>,
+        uid: bool,
+        mv: bool,
+    ) -> Res<(Option<Code<'static>>, String)> {
+        let target = self.mailbox_name(m)?;
+        let idx = self.resolve(set, uid)?;
+        let account = self.account();
+        let sel = self.selected.as_ref().expect("selected");
+        if mv && sel.read_only {
+            return Err(no(Some("READ-ONLY"), "Mailbox is read-only"));
+        }
+        let src = sel.name.clone();
+        let uids: Vec<u32> = idx.iter().map(|&i| sel.msgs[i].0).collect();
+        let meta = self.ctx.backends.meta.clone();
+        let Some(tinfo) = meta
+            .get_mailbox(&account, &target)
+            .await
+            .map_err(store_err)?
+        else {
+            return Err(no(Some("TRYCREATE"), "No such mailbox"));
+        };
+        if uids.is_empty() {
+            return Ok((
+                None,
+                if mv {
+                    "MOVE completed"
+                } else {
+                    "COPY completed"
+                }
+                .into(),
+            ));
+        }
+        let wanted: BTreeSet<u32> = uids.iter().copied().collect();
+        let msgs: Vec<MessageMeta> = meta
+            .fetch(&account, &src, uids[0], *uids.last().expect("non-empty"))
+            .await
+            .map_err(store_err)?
+            .into_iter()
+            .filter(|m| wanted.contains(&m.uid))
+            .collect();
+        if msgs.len() != uids.len() && !uid {
+            return Err(no(Some("EXPUNGEISSUED"), "Some messages were expunged"));
+        }
+        if src != target || !mv {
+            self.check_quota(msgs.iter().map(|m| m.size).sum(), msgs.len() as u64)
+                .await?;
+        }
+        let mut src_uids = Vec::new();
+        let mut dst_uids = Vec::new();
+        for m in &msgs {
+            let out = meta
+                .append(
+                    &account,
+                    &target,
+                    posthorn_mailbox_store::NewMessage {
+                        dedupe_key: None,
+                        flags: m.flags.clone(),
+                        internal_date: m.internal_date,
+                        size: m.size,
+                        blob_key: m.blob_key.clone(),
+                        header_prefix: m.header_prefix.clone(),
+                        envelope: m.envelope.clone(),
+                        bodystructure: m.bodystructure.clone(),
+                    },
+                )
+                .await
+                .map_err(store_err)?;
+            if let posthorn_mailbox_store::AppendOutcome::Appended { uid, .. } = out {
+                src_uids.push(m.uid);
+                dst_uids.push(uid);
+            }
+        }
+        self.publish(&target, "append");
+        let code = format!(
+            "COPYUID {} {} {}",
+            tinfo.uidvalidity,
+            uid_set(&src_uids),
+            uid_set(&dst_uids)
+        );
+        if src_uids.is_empty() {
+            return Ok((
+                None,
+                if mv {
+                    "MOVE completed"
+                } else {
+                    "COPY completed"
+                }
+                .into(),
+            ));
+        }
+        if mv {
+            self.untagged_ok(Some(code_other(&code)), "Moved");
+            let removed = meta
+                .expunge(&account, &src, &src_uids)
+                .await
+                .map_err(store_err)?;
+            self.remove_from_snapshot(&removed, true);
+            self.publish(&src, "expunge");
+            Ok((None, "MOVE completed".into()))
+        } else {
+            Ok((Some(code_other(&code)), "COPY completed".into()))
+        }
+    }
+
+    async fn quota_data(&mut self) -> Res<Option<NonEmptyVec<QuotaGet<'static>>>> {
+        let account = self.account();
+        let meta = &self.ctx.backends.meta;
+        let acct = meta
+            .get_account(&account)
+            .await
+            .map_err(store_err)?
+            .ok_or_else(|| no(Some("SERVERBUG"), "Account vanished"))?;
+        let usage = meta.get_usage(&account).await.map_err(store_err)?;
+        let mut q = Vec::new();
+        if let Some(max) = acct.quota.max_bytes {
+            q.push(QuotaGet::new(
+                Resource::Storage,
+                usage.bytes.div_ceil(1024),
+                max / 1024,
+            ));
+        }
+        if let Some(max) = acct.quota.max_messages {
+            q.push(QuotaGet::new(Resource::Message, usage.messages, max));
+        }
+        Ok(NonEmptyVec::try_from(q).ok())
+    }
+
+    async fn get_quota_root(&mut self, m: &Mailbox<'_>) -> Res<(Option<Code<'static>>, String)> {
+        let name = self.mailbox_name(m)?;
+        if self
+            .ctx
+            .backends
+            .meta
+            .get_mailbox(&self.account(), &name)
+            .await
+            .map_err(store_err)?
+            .is_none()
+        {
+            return Err(no(Some("NONEXISTENT"), "No such mailbox"));
+        }
+        let q = self.quota_data().await?;
+        let root = AString::try_from("").expect("empty astring");
+        self.data(Data::QuotaRoot {
+            mailbox: Self::mailbox_out(&name),
+            roots: if q.is_some() {
+                vec![root.clone()]
+            } else {
+                vec![]
+            },
+        });
+        if let Some(quotas) = q {
+            self.data(Data::Quota { root, quotas });
+        }
+        Ok((None, "GETQUOTAROOT completed".into()))
+    }
+
+    async fn get_quota(&mut self, root: &[u8]) -> Res<(Option<Code<'static>>, String)> {
+        if !root.is_empty() {
+            return Err(no(Some("NONEXISTENT"), "No such quota root"));
+        }
+        let Some(quotas) = self.quota_data().await? else {
+            return Err(no(Some("NONEXISTENT"), "No quota for this account"));
+        };
+        self.data(Data::Quota {
+            root: AString::try_from("").expect("empty astring"),
+            quotas,
+        });
+        Ok((None, "GETQUOTA completed".into()))
+    }
+
+    /// `None`: the connection is gone.
+    async fn idle(&mut self, tag: &str) -> Option<Res<(Option<Code<'static>>, String)>> {
+        if let Ok(c) = CommandContinuationRequest::basic(None, "idling") {
+            self.resp(Response::CommandContinuationRequest(c));
+        }
+        self.ensure_registered().await;
+        if let Some(r) = self.reg.as_mut() {
+            while r.rx.try_recv().is_ok() {}
+        }
+        let _ = tag;
+        self.sync(true).await;
+        let deadline = tokio::time::Instant::now() + self.idle_timeout;
+        loop {
+            self.flush().await.ok()?;
+            // A complete DONE line already buffered?
+            if let Some(p) = self.rbuf.iter().position(|&c| c == b'\n') {
+                let line: Vec<u8> = self.rbuf.drain(..=p).collect();
+                let l = String::from_utf8_lossy(&line);
+                if l.trim().eq_ignore_ascii_case("DONE") {
+                    return Some(Ok((None, "IDLE terminated".into())));
+                }
+                return Some(Err(bad("Expected DONE")));
+            }
+            if self.rbuf.len() > 1024 {
+                return Some(Err(bad("Expected DONE")));
+            }
+            let mut buf = [0u8; 1024];
+            let selected = self.selected.as_ref().map(|s| s.name.clone());
+            let woke = async {
+                match self.reg.as_mut() {
+                    Some(r) => loop {
+                        match r.rx.recv().await {
+                            Ok(mb) if Some(&mb) == selected.as_ref() => return,
+                            Ok(_) => continue,
+                            Err(_) => return,
+                        }
+                    },
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                r = self.stream.read(&mut buf) => match r {
+                    Ok(0) | Err(_) => return None,
+                    Ok(n) => self.rbuf.extend_from_slice(&buf[..n]),
+                },
+                _ = woke => self.sync(true).await,
+                _ = tokio::time::sleep(IDLE_RECHECK) => self.sync(true).await,
+                _ = tokio::time::sleep_until(deadline) => {
+                    self.raw("* BYE Autologout; idle for too long\r\n");
+                    let _ = self.flush().await;
+                    return None;
+                }
+                _ = self.shutdown.changed() => {
+                    self.raw("* BYE Server shutting down\r\n");
+                    let _ = self.flush().await;
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards() {
+        assert!(wildcard(b"*", b"a/b"));
+        assert!(wildcard(b"%", b"a"));
+        assert!(!wildcard(b"%", b"a/b"));
+        assert!(wildcard(b"a/%", b"a/b"));
+        assert!(wildcard(b"*b", b"a/b"));
+        assert!(!wildcard(b"a", b"ab"));
+        // Pathological patterns terminate (bounded backtracking).
+        let long = vec![b'*'; 200];
+        let mut name = vec![b'x'; 200];
+        name.push(b'y');
+        let _ = wildcard(&long, &name);
+    }
+
+    #[test]
+    fn uid_sets() {
+        assert_eq!(uid_set(&[1, 2, 3, 5, 7, 8]), "1:3,5,7:8");
+        assert_eq!(uid_set(&[4]), "4");
+    }
 }

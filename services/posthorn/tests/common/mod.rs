@@ -333,6 +333,11 @@ impl System {
         let mut env = vec![
             ("RUST_LOG", "info".to_string()),
             ("POSTHORN_ROUTER__ACK_WAIT_SECS", "5".to_string()),
+            // Cluster tiers keep only their generated certificate here.
+            (
+                "POSTHORN_SERVER__DATA_DIR",
+                self.dir.path().join("data").display().to_string(),
+            ),
         ];
         if let (Some(r), Some(n), Some(s)) = (&self.redis, &self.nats, &self.s3) {
             env.extend([

@@ -1,0 +1,526 @@
+//! FETCH: items, message bytes, ENVELOPE/BODYSTRUCTURE (cached per process).
+
+use std::collections::{HashMap, HashSet};
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use imap_codec::imap_types::body::{
+    BasicFields, Body, BodyStructure, Disposition, Language, Location, MultiPartExtensionData,
+    SinglePartExtensionData, SpecificFields,
+};
+use imap_codec::imap_types::core::{IString, Literal, NString, NonEmptyVec};
+use imap_codec::imap_types::datetime::DateTime;
+use imap_codec::imap_types::envelope::{Address, Envelope};
+use imap_codec::imap_types::fetch::{
+    MacroOrMessageDataItemNames, MessageDataItem, MessageDataItemName, Part, Section,
+};
+use imap_codec::imap_types::flag::{Flag, FlagFetch};
+use imap_codec::imap_types::response::{Code, Data, Response};
+use imap_codec::imap_types::sequence::SequenceSet;
+use posthorn_mailbox_store::{FlagOp, MessageMeta};
+use posthorn_mime::{SectionText, Structure};
+
+use super::{CmdError, Res, Session, bad, encode, no, store_err};
+
+/// Flags as an IMAP list body (`\Seen foo`), skipping anything not an atom.
+pub(crate) fn flags_list(flags: &[String]) -> String {
+    flags
+        .iter()
+        .filter(|f| Flag::try_from(f.as_str()).is_ok())
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn structure_cache() -> &'static Mutex<HashMap<String, Arc<Structure>>> {
+    static C: OnceLock<Mutex<HashMap<String, Arc<Structure>>>> = OnceLock::new();
+    C.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+const CACHE_MAX: usize = 2048;
+
+fn cache_key(m: &MessageMeta) -> String {
+    format!("{}\n{}", m.blob_key, m.header_prefix)
+}
+
+/// The structure of a message: from its metadata (if cached there and
+/// consistent), the process cache, or by parsing `bytes`.
+pub(crate) fn structure(m: &MessageMeta, bytes: Option<&[u8]>) -> Option<Arc<Structure>> {
+    if let Some(st) = m
+        .bodystructure
+        .as_deref()
+        .and_then(Structure::from_json)
+        .filter(|s| s.size == m.size)
+    {
+        return Some(Arc::new(st));
+    }
+    let key = cache_key(m);
+    if let Some(st) = structure_cache()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&key)
+    {
+        return Some(st.clone());
+    }
+    let st = Arc::new(posthorn_mime::analyze(bytes?));
+    let mut c = structure_cache().lock().unwrap_or_else(|e| e.into_inner());
+    if c.len() >= CACHE_MAX {
+        c.clear();
+    }
+    c.insert(key, st.clone());
+    Some(st)
+}
+
+fn nstr(s: Option<&str>) -> NString<'static> {
+    NString(s.and_then(|s| IString::try_from(s.to_string()).ok()))
+}
+
+fn istr(s: &str) -> IString<'static> {
+    IString::try_from(s.to_string()).unwrap_or_else(|_| IString::try_from("").expect("empty"))
+}
+
+/// Message bytes as a literal (NUL bytes, which literals cannot carry, become spaces).
+pub(crate) fn literal(data: &[u8]) -> NString<'static> {
+    let lit = match Literal::try_from(data.to_vec()) {
+        Ok(l) => l,
+        Err(_) => {
+            let clean: Vec<u8> = data
+                .iter()
+                .map(|&b| if b == 0 { b' ' } else { b })
+                .collect();
+            Literal::try_from(clean).unwrap_or_else(|_| Literal::try_from("").expect("empty"))
+        }
+    };
+    NString(Some(IString::Literal(lit)))
+}
+
+fn addresses(list: &[posthorn_mime::Address]) -> Vec<Address<'static>> {
+    list.iter()
+        .map(|a| Address {
+            name: nstr(a.name.as_deref()),
+            adl: nstr(a.adl.as_deref()),
+            mailbox: nstr(a.mailbox.as_deref()),
+            host: nstr(a.host.as_deref()),
+        })
+        .collect()
+}
+
+pub(crate) fn envelope(e: &posthorn_mime::Envelope) -> Envelope<'static> {
+    Envelope {
+        date: nstr(e.date.as_deref()),
+        subject: nstr(e.subject.as_deref()),
+        from: addresses(&e.from),
+        sender: addresses(&e.sender),
+        reply_to: addresses(&e.reply_to),
+        to: addresses(&e.to),
+        cc: addresses(&e.cc),
+        bcc: addresses(&e.bcc),
+        in_reply_to: nstr(e.in_reply_to.as_deref()),
+        message_id: nstr(e.message_id.as_deref()),
+    }
+}
+
+fn params(p: &[(String, String)]) -> Vec<(IString<'static>, IString<'static>)> {
+    p.iter().map(|(k, v)| (istr(k), istr(v))).collect()
+}
+
+fn disposition(p: &posthorn_mime::Part) -> Disposition<'static> {
+    Disposition {
+        disposition: p.disposition.as_ref().map(|(d, ps)| (istr(d), params(ps))),
+        tail: Some(Language {
+            language: p.language.iter().map(|l| istr(l)).collect(),
+            tail: Some(Location {
+                location: nstr(p.location.as_deref()),
+                extensions: vec![],
+            }),
+        }),
+    }
+}
+
+/// BODYSTRUCTURE (`ext`) or BODY of a part.
+pub(crate) fn body_structure(p: &posthorn_mime::Part, ext: bool) -> BodyStructure<'static> {
+    if p.is_multipart() {
+        let bodies: Vec<BodyStructure<'static>> =
+            p.children.iter().map(|c| body_structure(c, ext)).collect();
+        if let Ok(bodies) = NonEmptyVec::try_from(bodies) {
+            return BodyStructure::Multi {
+                bodies,
+                subtype: istr(&p.subtype.to_ascii_uppercase()),
+                extension_data: ext.then(|| MultiPartExtensionData {
+                    parameter_list: params(&p.params),
+                    tail: Some(disposition(p)),
+                }),
+            };
+        }
+    }
+    let basic = BasicFields {
+        parameter_list: params(&p.params),
+        id: nstr(p.id.as_deref()),
+        description: nstr(p.description.as_deref()),
+        content_transfer_encoding: istr(&p.encoding),
+        size: u32::try_from(p.size).unwrap_or(u32::MAX),
+    };
+    let lines = u32::try_from(p.lines.unwrap_or(0)).unwrap_or(u32::MAX);
+    let specific = match &p.message {
+        Some(m) => SpecificFields::Message {
+            envelope: Box::new(envelope(&m.0)),
+            body_structure: Box::new(body_structure(&m.1, ext)),
+            number_of_lines: lines,
+        },
+        None if p.media_type.eq_ignore_ascii_case("text") => SpecificFields::Text {
+            subtype: istr(&p.subtype.to_ascii_uppercase()),
+            number_of_lines: lines,
+        },
+        None => SpecificFields::Basic {
+            r#type: istr(&p.media_type.to_ascii_uppercase()),
+            subtype: istr(&p.subtype.to_ascii_uppercase()),
+        },
+    };
+    BodyStructure::Single {
+        body: Body { basic, specific },
+        extension_data: ext.then(|| SinglePartExtensionData {
+            md5: nstr(p.md5.as_deref()),
+            tail: Some(disposition(p)),
+        }),
+    }
+}
+
+fn internal_date(ts: i64) -> Option<DateTime> {
+    let dt = chrono::DateTime::from_timestamp(ts, 0)?.fixed_offset();
+    DateTime::try_from(dt).ok()
+}
+
+fn path(p: &Option<Part>) -> Vec<u32> {
+    p.as_ref()
+        .map(|p| p.0.as_ref().iter().map(|n| n.get()).collect())
+        .unwrap_or_default()
+}
+
+fn slice(bytes: &[u8], r: Option<(u64, u64)>) -> Vec<u8> {
+    match r {
+        Some((a, b)) if a <= b && (b as usize) <= bytes.len() => {
+            bytes[a as usize..b as usize].to_vec()
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// The bytes of `BODY[section]`.
+fn section_bytes(st: &Structure, bytes: &[u8], section: &Option<Section<'_>>) -> Vec<u8> {
+    let Some(section) = section else {
+        return bytes.to_vec();
+    };
+    match section {
+        Section::Part(p) => slice(
+            bytes,
+            st.section_range(&path(&Some(p.clone())), SectionText::Body),
+        ),
+        Section::Header(p) => slice(bytes, st.section_range(&path(p), SectionText::Header)),
+        Section::Text(p) => slice(bytes, st.section_range(&path(p), SectionText::Text)),
+        Section::Mime(p) => slice(
+            bytes,
+            st.section_range(&path(&Some(p.clone())), SectionText::Mime),
+        ),
+        Section::HeaderFields(p, names) | Section::HeaderFieldsNot(p, names) => {
+            let not = matches!(section, Section::HeaderFieldsNot(..));
+            let names: Vec<String> = names
+                .as_ref()
+                .iter()
+                .map(|n| String::from_utf8_lossy(n.as_ref()).into_owned())
+                .collect();
+            let h = slice(bytes, st.section_range(&path(p), SectionText::Header));
+            if h.is_empty() {
+                return Vec::new();
+            }
+            posthorn_mime::header_fields(&h, &names, not)
+        }
+    }
+}
+
+impl Session {
+    /// The message as the client sees it: header prefix + blob.
+    pub(crate) async fn message_bytes(&mut self, m: &MessageMeta) -> Res<Vec<u8>> {
+        let blob = self
+            .ctx
+            .backends
+            .blobs
+            .get(&m.blob_key)
+            .await
+            .map_err(|_| no(Some("UNAVAILABLE"), "Message body unavailable, try again"))?;
+        let mut out = Vec::with_capacity(m.header_prefix.len() + blob.len());
+        out.extend_from_slice(m.header_prefix.as_bytes());
+        out.extend_from_slice(&blob);
+        Ok(out)
+    }
+
+    pub(crate) async fn fetch(
+        &mut self,
+        set: &SequenceSet,
+        items: MacroOrMessageDataItemNames<'_>,
+        uid: bool,
+    ) -> Res<(Option<Code<'static>>, String)> {
+        let idx = self.resolve(set, uid)?;
+        let mut names = match items {
+            MacroOrMessageDataItemNames::Macro(m) => m
+                .expand()
+                .into_iter()
+                .map(|n| match n {
+                    MessageDataItemName::Flags => MessageDataItemName::Flags,
+                    MessageDataItemName::InternalDate => MessageDataItemName::InternalDate,
+                    MessageDataItemName::Rfc822Size => MessageDataItemName::Rfc822Size,
+                    MessageDataItemName::Envelope => MessageDataItemName::Envelope,
+                    _ => MessageDataItemName::Body,
+                })
+                .collect(),
+            MacroOrMessageDataItemNames::MessageDataItemNames(v) => v,
+        };
+        if uid && !names.contains(&MessageDataItemName::Uid) {
+            names.insert(0, MessageDataItemName::Uid);
+        }
+        if idx.is_empty() {
+            return Ok((None, "FETCH completed".into()));
+        }
+        let account = self.account();
+        let sel = self.selected.as_ref().expect("selected");
+        let name = sel.name.clone();
+        let read_only = sel.read_only;
+        let targets: Vec<(usize, u32)> = idx.iter().map(|&i| (i, sel.msgs[i].0)).collect();
+        let needs_bytes = names.iter().any(|n| {
+            matches!(
+                n,
+                MessageDataItemName::BodyExt { .. }
+                    | MessageDataItemName::Rfc822
+                    | MessageDataItemName::Rfc822Header
+                    | MessageDataItemName::Rfc822Text
+            )
+        });
+        let needs_structure = needs_bytes
+            || names.iter().any(|n| {
+                matches!(
+                    n,
+                    MessageDataItemName::Body
+                        | MessageDataItemName::BodyStructure
+                        | MessageDataItemName::Envelope
+                )
+            });
+        let sets_seen = !read_only
+            && names.iter().any(|n| {
+                matches!(
+                    n,
+                    MessageDataItemName::BodyExt { peek: false, .. }
+                        | MessageDataItemName::Rfc822
+                        | MessageDataItemName::Rfc822Text
+                )
+            });
+        let lo = targets.first().map_or(1, |t| t.1);
+        let hi = targets.last().map_or(1, |t| t.1);
+        let meta = self.ctx.backends.meta.clone();
+        let mut metas: HashMap<u32, MessageMeta> = meta
+            .fetch(&account, &name, lo, hi)
+            .await
+            .map_err(store_err)?
+            .into_iter()
+            .map(|m| (m.uid, m))
+            .collect();
+        let mut flags_changed: HashSet<u32> = HashSet::new();
+        if sets_seen {
+            let unseen: Vec<u32> = targets
+                .iter()
+                .filter_map(|t| metas.get(&t.1))
+                .filter(|m| !m.flags.iter().any(|f| f == "\\Seen"))
+                .map(|m| m.uid)
+                .collect();
+            if !unseen.is_empty() {
+                let ups = meta
+                    .store_flags(
+                        &account,
+                        &name,
+                        &unseen,
+                        FlagOp::Add,
+                        &["\\Seen".to_string()],
+                        None,
+                    )
+                    .await
+                    .map_err(store_err)?;
+                for u in ups {
+                    if let Some(m) = metas.get_mut(&u.uid) {
+                        m.flags = u.flags.clone();
+                        m.modseq = u.modseq;
+                    }
+                    flags_changed.insert(u.uid);
+                }
+                self.publish(&name, "flags");
+            }
+        }
+        let mut missing = false;
+        for (i, u) in targets {
+            let Some(m) = metas.get(&u) else {
+                missing = true;
+                continue;
+            };
+            let bytes = if needs_bytes {
+                Some(self.message_bytes(m).await?)
+            } else {
+                None
+            };
+            let st = if needs_structure {
+                match structure(m, bytes.as_deref()) {
+                    Some(s) => Some(s),
+                    None => {
+                        let b = self.message_bytes(m).await?;
+                        structure(m, Some(&b))
+                    }
+                }
+            } else {
+                None
+            };
+            let mut out: Vec<MessageDataItem<'static>> = Vec::new();
+            let mut flags_sent = false;
+            for n in &names {
+                let item = match n {
+                    MessageDataItemName::Uid => match NonZeroU32::new(m.uid) {
+                        Some(u) => MessageDataItem::Uid(u),
+                        None => continue,
+                    },
+                    MessageDataItemName::Flags => {
+                        flags_sent = true;
+                        flags_item(&m.flags)
+                    }
+                    MessageDataItemName::InternalDate => match internal_date(m.internal_date) {
+                        Some(d) => MessageDataItem::InternalDate(d),
+                        None => continue,
+                    },
+                    MessageDataItemName::Rfc822Size => {
+                        MessageDataItem::Rfc822Size(u32::try_from(m.size).unwrap_or(u32::MAX))
+                    }
+                    MessageDataItemName::Envelope => {
+                        let Some(st) = &st else { continue };
+                        MessageDataItem::Envelope(envelope(&st.envelope))
+                    }
+                    MessageDataItemName::BodyStructure => {
+                        let Some(st) = &st else { continue };
+                        MessageDataItem::BodyStructure(body_structure(&st.body, true))
+                    }
+                    MessageDataItemName::Body => {
+                        let Some(st) = &st else { continue };
+                        MessageDataItem::Body(body_structure(&st.body, false))
+                    }
+                    MessageDataItemName::Rfc822 => {
+                        MessageDataItem::Rfc822(literal(bytes.as_deref().unwrap_or_default()))
+                    }
+                    MessageDataItemName::Rfc822Header => {
+                        let (Some(st), Some(b)) = (&st, &bytes) else {
+                            continue;
+                        };
+                        MessageDataItem::Rfc822Header(literal(&slice(
+                            b,
+                            st.section_range(&[], SectionText::Header),
+                        )))
+                    }
+                    MessageDataItemName::Rfc822Text => {
+                        let (Some(st), Some(b)) = (&st, &bytes) else {
+                            continue;
+                        };
+                        MessageDataItem::Rfc822Text(literal(&slice(
+                            b,
+                            st.section_range(&[], SectionText::Text),
+                        )))
+                    }
+                    MessageDataItemName::BodyExt {
+                        section, partial, ..
+                    } => {
+                        let (Some(st), Some(b)) = (&st, &bytes) else {
+                            continue;
+                        };
+                        let data = section_bytes(st, b, section);
+                        let (data, origin) = match partial {
+                            Some((start, len)) => {
+                                let s = (*start as usize).min(data.len());
+                                let e = s.saturating_add(len.get() as usize).min(data.len());
+                                (data[s..e].to_vec(), Some(*start))
+                            }
+                            None => (data, None),
+                        };
+                        MessageDataItem::BodyExt {
+                            section: section.clone().map(static_section),
+                            origin,
+                            data: literal(&data),
+                        }
+                    }
+                };
+                out.push(item);
+            }
+            if flags_changed.contains(&m.uid) && !flags_sent {
+                out.push(flags_item(&m.flags));
+            }
+            if let Some(sel) = self.selected.as_mut()
+                && flags_changed.contains(&m.uid)
+                && let Some(p) = sel.seq_of(m.uid)
+            {
+                sel.msgs[p].1.clone_from(&m.flags);
+            }
+            let Ok(items) = NonEmptyVec::try_from(out) else {
+                continue;
+            };
+            let Some(seq) = NonZeroU32::new(i as u32 + 1) else {
+                continue;
+            };
+            let line = encode(&Response::Data(Data::Fetch { seq, items }));
+            self.out.extend_from_slice(&line);
+            if self.out.len() > (1 << 20) && self.flush().await.is_err() {
+                return Err(bad("write failed"));
+            }
+        }
+        if missing && !uid {
+            return Err(CmdError {
+                bad: false,
+                code: Some("EXPUNGEISSUED".into()),
+                text: "Some messages were expunged".into(),
+            });
+        }
+        Ok((None, "FETCH completed".into()))
+    }
+}
+
+fn flags_item(flags: &[String]) -> MessageDataItem<'static> {
+    MessageDataItem::Flags(
+        flags
+            .iter()
+            .filter_map(|f| Flag::try_from(f.clone().as_str()).ok().map(owned_flag))
+            .map(FlagFetch::Flag)
+            .collect(),
+    )
+}
+
+fn owned_flag(f: Flag<'_>) -> Flag<'static> {
+    let s = f.to_string();
+    match s.strip_prefix('\\') {
+        Some(sys) => imap_codec::imap_types::core::Atom::try_from(sys.to_string())
+            .map(Flag::system)
+            .unwrap_or(Flag::Seen),
+        None => imap_codec::imap_types::core::Atom::try_from(s)
+            .map(Flag::Keyword)
+            .unwrap_or(Flag::Seen),
+    }
+}
+
+fn static_section(s: Section<'_>) -> Section<'static> {
+    use imap_codec::imap_types::core::AString;
+    let names = |v: NonEmptyVec<AString<'_>>| -> NonEmptyVec<AString<'static>> {
+        let owned: Vec<AString<'static>> = v
+            .as_ref()
+            .iter()
+            .filter_map(|a| AString::try_from(a.as_ref().to_vec()).ok())
+            .collect();
+        NonEmptyVec::try_from(owned)
+            .unwrap_or_else(|_| NonEmptyVec::from(AString::try_from("X").expect("atom")))
+    };
+    match s {
+        Section::Part(p) => Section::Part(p),
+        Section::Header(p) => Section::Header(p),
+        Section::Text(p) => Section::Text(p),
+        Section::Mime(p) => Section::Mime(p),
+        Section::HeaderFields(p, n) => Section::HeaderFields(p, names(n)),
+        Section::HeaderFieldsNot(p, n) => Section::HeaderFieldsNot(p, names(n)),
+    }
+}
