@@ -194,19 +194,43 @@ async fn route(
         }
     }
 
+    // The body once, to cache ENVELOPE/BODYSTRUCTURE with each copy, so
+    // IMAP answers them from metadata without reading the blob.
+    let body = if locals.is_empty() {
+        None
+    } else {
+        match backends.blobs.get(&env.blob_key).await {
+            Ok(b) => Some(b),
+            Err(e) if e.is_transient() => return Err(transient(e)),
+            Err(e) => {
+                tracing::error!(blob = %env.blob_key, error = %e, "body unreadable; delivering without cached structure");
+                None
+            }
+        }
+    };
     for acct in locals.keys() {
         let prefix = format!(
             "Return-Path: <{}>\r\nDelivered-To: {}\r\n",
             env.mail_from, acct
         );
+        let (envelope, bodystructure) = match &body {
+            Some(b) => {
+                let mut full = Vec::with_capacity(prefix.len() + b.len());
+                full.extend_from_slice(prefix.as_bytes());
+                full.extend_from_slice(b);
+                let st = posthorn_mime::analyze(&full);
+                (serde_json::to_string(&st.envelope).ok(), Some(st.to_json()))
+            }
+            None => (None, None),
+        };
         let msg = NewMessage {
             dedupe_key: Some(format!("{}/{}", env.id, acct)),
             flags: Vec::new(),
             internal_date: env.received_at,
             size: env.size + prefix.len() as u64,
             blob_key: env.blob_key.clone(),
-            envelope: None,
-            bodystructure: None,
+            envelope,
+            bodystructure,
             header_prefix: prefix,
         };
         match backends.meta.append(acct, "INBOX", msg).await {
@@ -314,7 +338,7 @@ mod tests {
                 ..Default::default()
             }],
             blob_key: key,
-            size: 19,
+            size: 17,
             publish_deadline_ms: 1_000,
             ..Default::default()
         };
@@ -353,6 +377,15 @@ mod tests {
             msgs[0].header_prefix,
             "Return-Path: <s@example.org>\r\nDelivered-To: alice@example.test\r\n"
         );
-        assert_eq!(msgs[0].size, 19 + msgs[0].header_prefix.len() as u64);
+        assert_eq!(msgs[0].size, 17 + msgs[0].header_prefix.len() as u64);
+        // ENVELOPE/BODYSTRUCTURE are cached, consistent with the size served.
+        let st =
+            posthorn_mime::Structure::from_json(msgs[0].bodystructure.as_deref().unwrap()).unwrap();
+        assert_eq!(st.size, msgs[0].size);
+        assert!(
+            msgs[0].envelope.as_deref().unwrap().contains("\"x\""),
+            "{:?}",
+            msgs[0].envelope
+        );
     }
 }
