@@ -32,8 +32,34 @@ pub const S3_SECRET_KEY: &str = "posthorn-secret";
 /// Bucket created in the test S3 server.
 pub const S3_BUCKET: &str = "posthorn";
 
-/// A free TCP port on 127.0.0.1 (bound, read, released).
+/// A free TCP port on 127.0.0.1 for a server under test.
+///
+/// Ports come from 20000–32767, below Linux's ephemeral range (32768+), so
+/// the outgoing connections of concurrent tests (which get ephemeral source
+/// ports) can never take a port handed out here between the check and the
+/// server's bind. A process-wide counter (starting at a random offset, so
+/// test binaries run one after another rarely reuse the same ports) never
+/// hands out the same port twice in one process; each candidate is
+/// checked by binding it.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LO: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    if NEXT.load(Ordering::SeqCst) == 0 {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() ^ std::process::id())
+            .unwrap_or(1);
+        let _ = NEXT.compare_exchange(0, 1 + seed % SPAN, Ordering::SeqCst, Ordering::SeqCst);
+    }
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = (LO + n % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
