@@ -101,7 +101,11 @@ fn imaplib_session(backend: Backend) {
     let sys = System::start(backend, "");
     sys.standard_directory();
     let smtp = sys.ports.smtp.to_string();
-    python(SMTPLIB_SEND, &[&smtp, "first", "second"]);
+    // One at a time: separately sent messages may be routed in parallel,
+    // and the script relies on "first" having UID 1.
+    python(SMTPLIB_SEND, &[&smtp, "first"]);
+    sys.wait_messages("alice@example.test", 1, WAIT);
+    python(SMTPLIB_SEND, &[&smtp, "second"]);
     sys.wait_messages("alice@example.test", 2, WAIT);
     let out = python(IMAPLIB_SESSION, &[&sys.ports.imap.to_string(), &smtp]);
     assert!(out.starts_with("ok"), "{out}");
