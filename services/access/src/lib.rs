@@ -17,6 +17,7 @@
 
 #![warn(missing_docs)]
 
+pub mod fuzzing;
 pub mod imap;
 pub mod pop3;
 
