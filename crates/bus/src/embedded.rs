@@ -414,6 +414,14 @@ async fn blocking<T: Send + 'static>(
     inner: &Arc<Inner>,
     f: impl FnOnce(&Inner) -> Result<T> + Send + 'static,
 ) -> Result<T> {
+    // On the multi-threaded runtime, run in place: these transactions take
+    // microseconds to a fsync, and handing each to the blocking pool cost
+    // more in thread switches than the work itself (measured: bench/).
+    if tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::MultiThread
+    {
+        return tokio::task::block_in_place(|| f(inner));
+    }
     let inner = inner.clone();
     tokio::task::spawn_blocking(move || f(&inner))
         .await

@@ -140,7 +140,7 @@ impl EmbeddedStore {
     {
         let db = self.db.clone();
         let path = self.path.clone();
-        tokio::task::spawn_blocking(move || {
+        run_blocking(move || {
             let txn = db.begin_write().map_err(storage(&path))?;
             match f(&txn) {
                 Ok(v) => {
@@ -154,7 +154,6 @@ impl EmbeddedStore {
             }
         })
         .await
-        .map_err(|e| Error::Unavailable(format!("embedded store task failed: {e}")))?
     }
 
     /// Run `f` in a read (snapshot) transaction on the blocking pool.
@@ -165,13 +164,31 @@ impl EmbeddedStore {
     {
         let db = self.db.clone();
         let path = self.path.clone();
-        tokio::task::spawn_blocking(move || {
+        run_blocking(move || {
             let txn = db.begin_read().map_err(storage(&path))?;
             f(&txn)
         })
         .await
-        .map_err(|e| Error::Unavailable(format!("embedded store task failed: {e}")))?
     }
+}
+
+/// Run a redb transaction: in place on the multi-threaded runtime (a
+/// transaction takes microseconds up to one fsync; moving it to the blocking
+/// pool cost more in thread switches than the work — measured in bench/),
+/// on the blocking pool otherwise (a current-thread runtime must not block).
+async fn run_blocking<T, F>(f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T> + Send + 'static,
+{
+    if tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::MultiThread
+    {
+        return tokio::task::block_in_place(f);
+    }
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Unavailable(format!("embedded store task failed: {e}")))?
 }
 
 // --- helpers on open tables ---
