@@ -1021,6 +1021,39 @@ impl Session {
         if info.highest_modseq == sel.highest_modseq && info.uidnext == sel.uidnext {
             return;
         }
+        // Fast path for the common change, new mail: fetch only UIDs from the
+        // old UIDNEXT. It is taken only when nothing else can have happened:
+        // each append takes exactly one MODSEQ, so the MODSEQ delta equals
+        // the number of new messages only if there were no flag changes or
+        // expunges (anything else falls through to the full comparison).
+        if info.uidnext > sel.uidnext && info.highest_modseq > sel.highest_modseq {
+            let (from, known, hms) = (sel.uidnext, sel.msgs.len(), sel.highest_modseq);
+            if let Ok(new) = self
+                .ctx
+                .backends
+                .meta
+                .fetch(&account, &name, from, u32::MAX)
+                .await
+                && info.highest_modseq - hms == new.len() as u64
+                && info.exists as usize == known + new.len()
+                && new.iter().all(|m| m.uid < info.uidnext)
+            {
+                let Some(mut sel) = self.selected.take() else {
+                    return;
+                };
+                let last = sel.msgs.last().map_or(0, |m| m.0);
+                for m in &new {
+                    if m.uid > last {
+                        sel.msgs.push((m.uid, m.flags.clone()));
+                    }
+                }
+                self.raw(&format!("* {} EXISTS\r\n", sel.msgs.len()));
+                sel.uidnext = info.uidnext;
+                sel.highest_modseq = info.highest_modseq;
+                self.selected = Some(sel);
+                return;
+            }
+        }
         let Ok(msgs) = self
             .ctx
             .backends
