@@ -94,8 +94,11 @@ impl BlobStore {
     pub fn local(dir: &std::path::Path) -> Result<Self> {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::Config(format!("cannot create {}: {e}", dir.display())))?;
+        // fsync file and directory before a PUT returns: a `250` must mean
+        // the body is on disk (DESIGN.md invariant 1), as S3 guarantees.
         let store = object_store::local::LocalFileSystem::new_with_prefix(dir)
-            .map_err(|e| Error::Config(format!("{}: {e}", dir.display())))?;
+            .map_err(|e| Error::Config(format!("{}: {e}", dir.display())))?
+            .with_fsync(true);
         Ok(BlobStore {
             store: Arc::new(store),
             describe: format!("local {}", dir.display()),
@@ -157,13 +160,13 @@ impl BlobStore {
         }
     }
 
-    /// Whether the backend answers (for `/readyz`): a LIST of one page.
+    /// Whether the backend answers (for `/readyz`): a HEAD of a key that
+    /// need not exist ("not found" is an answer too). Cheap on any store,
+    /// unlike a LIST, which some S3 servers answer by walking the bucket.
     pub async fn ping(&self) -> Result<()> {
-        let prefix = ObjPath::from("msg");
-        let mut list = self.store.list(Some(&prefix));
-        match list.try_next().await {
-            Ok(_) => Ok(()),
-            Err(e) => Err(self.map_err("msg/", e)),
+        match self.store.head(&ObjPath::from("ping")).await {
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.map_err("ping", e)),
         }
     }
 

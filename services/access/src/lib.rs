@@ -208,7 +208,15 @@ pub async fn run(
             ));
         }
     }
-    while accepts.join_next().await.is_some() {}
+    // A listener task that dies before shutdown fails the tier (restart).
+    while let Some(done) = accepts.join_next().await {
+        if let Err(e) = done
+            && !*shutdown.borrow()
+        {
+            health.set_not_ready("a listener failed");
+            return Err(format!("access: a listener task failed: {e}").into());
+        }
+    }
     health.set_not_ready("shutting down");
     let _ = watcher.await;
     Ok(())

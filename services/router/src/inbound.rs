@@ -133,8 +133,18 @@ async fn route(
 ) -> Result<(), Failure> {
     let env = Envelope::decode(delivery.payload.clone())
         .map_err(|e| Failure::Poison(format!("bad envelope: {e}")))?;
+    // The span must be attached with `instrument`, never entered across an
+    // `.await` (that corrupts the span stack of the worker thread).
     let span = tracing::info_span!("route", msg_id = %env.id, from = %env.mail_from);
-    let _enter = span.enter();
+    tracing::Instrument::instrument(route_envelope(addressing, backends, delivery, env), span).await
+}
+
+async fn route_envelope(
+    addressing: &Addressing,
+    backends: &Backends,
+    delivery: &Delivery,
+    env: Envelope,
+) -> Result<(), Failure> {
     if let Some(stored) = delivery.stored_at_ms
         && env.publish_deadline_ms > 0
         && stored > env.publish_deadline_ms

@@ -158,7 +158,17 @@ pub async fn run(
             accepts.spawn(accept_loop(shared.clone(), l, kind, shutdown.clone()));
         }
     }
-    while accepts.join_next().await.is_some() {}
+    // An accept loop ends only at shutdown; if one dies otherwise (a panic),
+    // the listener is gone: fail the tier so the process is restarted
+    // instead of running on without it.
+    while let Some(done) = accepts.join_next().await {
+        if let Err(e) = done
+            && !*shutdown.borrow()
+        {
+            health.set_not_ready("a listener failed");
+            return Err(format!("smtp-ingress: a listener task failed: {e}").into());
+        }
+    }
     health.set_not_ready("shutting down");
     let _ = watcher.await;
     Ok(())
