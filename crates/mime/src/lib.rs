@@ -119,6 +119,28 @@ pub struct Structure {
     pub body: Part,
 }
 
+impl Structure {
+    /// The structure of the same message with `len` octets of header lines
+    /// prepended (the router's per-copy `Return-Path:`/`Delivered-To:`), so
+    /// it can be computed once per message instead of once per copy.
+    pub fn prepend_header(&mut self, len: u64) {
+        fn shift(p: &mut Part, len: u64) {
+            p.header = (p.header.0 + len, p.header.1 + len);
+            p.body = (p.body.0 + len, p.body.1 + len);
+            for c in &mut p.children {
+                shift(c, len);
+            }
+            if let Some(m) = p.message.as_mut() {
+                shift(&mut m.1, len);
+            }
+        }
+        self.size += len;
+        let root_header_end = self.body.header.1 + len;
+        shift(&mut self.body, len);
+        self.body.header = (0, root_header_end);
+    }
+}
+
 /// What an IMAP section (`BODY[<path>.<what>]`) resolves to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SectionText {
@@ -539,3 +561,19 @@ pub fn header_fields(header: &[u8], names: &[String], not: bool) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod prepend_tests {
+    use super::*;
+
+    #[test]
+    fn prepend_equals_analyzing_the_longer_message() {
+        let body = b"Subject: hi\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\none\r\n--b\r\nContent-Type: message/rfc822\r\n\r\nSubject: inner\r\n\r\ntwo\r\n--b--\r\n";
+        let prefix = b"Return-Path: <a@b>\r\nDelivered-To: c@d\r\n";
+        let mut full = prefix.to_vec();
+        full.extend_from_slice(body);
+        let mut shifted = analyze(body);
+        shifted.prepend_header(prefix.len() as u64);
+        assert_eq!(shifted, analyze(&full));
+    }
+}

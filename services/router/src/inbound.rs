@@ -206,7 +206,12 @@ async fn route_envelope(
 
     // The body once, to cache ENVELOPE/BODYSTRUCTURE with each copy, so
     // IMAP answers them from metadata without reading the blob.
-    let body = if locals.is_empty() {
+    let computed = if env.structure.is_empty() {
+        None
+    } else {
+        posthorn_mime::Structure::from_json(&env.structure).filter(|st| st.size == env.size)
+    };
+    let body = if locals.is_empty() || computed.is_some() {
         None
     } else {
         match backends.blobs.get(&env.blob_key).await {
@@ -223,15 +228,20 @@ async fn route_envelope(
             "Return-Path: <{}>\r\nDelivered-To: {}\r\n",
             env.mail_from, acct
         );
-        let (envelope, bodystructure) = match &body {
-            Some(b) => {
+        let (envelope, bodystructure) = match (&computed, &body) {
+            (Some(st), _) => {
+                let mut st = st.clone();
+                st.prepend_header(prefix.len() as u64);
+                (serde_json::to_string(&st.envelope).ok(), Some(st.to_json()))
+            }
+            (None, Some(b)) => {
                 let mut full = Vec::with_capacity(prefix.len() + b.len());
                 full.extend_from_slice(prefix.as_bytes());
                 full.extend_from_slice(b);
                 let st = posthorn_mime::analyze(&full);
                 (serde_json::to_string(&st.envelope).ok(), Some(st.to_json()))
             }
-            None => (None, None),
+            (None, None) => (None, None),
         };
         let msg = NewMessage {
             dedupe_key: Some(format!("{}/{}", env.id, acct)),
@@ -397,5 +407,18 @@ mod tests {
             "{:?}",
             msgs[0].envelope
         );
+        // With the structure computed by smtp-ingress, the router shifts it
+        // by the prefix instead of reading the blob: same result.
+        env.id = "A4".into();
+        env.structure = posthorn_mime::analyze(b"Subject: x\r\n\r\ny\r\n").to_json();
+        route(&a, &b, &delivery(&env, None)).await.unwrap();
+        let msgs = b
+            .meta
+            .fetch("alice@example.test", "INBOX", 1, u32::MAX)
+            .await
+            .unwrap();
+        assert_eq!(msgs.len(), 3);
+        assert_eq!(msgs[2].bodystructure, msgs[0].bodystructure);
+        assert_eq!(msgs[2].envelope, msgs[0].envelope);
     }
 }

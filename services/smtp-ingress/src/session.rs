@@ -689,6 +689,7 @@ impl Session {
         full.extend_from_slice(received.as_bytes());
         full.extend_from_slice(&body);
         let size = full.len() as u64;
+        let structure = posthorn_mime::analyze(&full).to_json();
 
         let blob_key = match self.shared.backends.blobs.put(full.into()).await {
             Ok(k) => k,
@@ -728,6 +729,7 @@ impl Session {
             },
             dsn_envid: txn.params.envid.clone().unwrap_or_default(),
             publish_deadline_ms: now_ms() + PUBLISH_DEADLINE_MS,
+            structure,
         };
         if let Err(e) = self
             .shared
