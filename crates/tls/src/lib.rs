@@ -44,13 +44,54 @@ pub fn certificate_paths(cfg: &Config) -> Result<(PathBuf, PathBuf), Error> {
     let dir = cfg.server.data_dir.join("tls");
     let cert = dir.join("cert.pem");
     let key = dir.join("key.pem");
-    if cert.exists() && key.exists() {
-        return Ok((cert, key));
-    }
     std::fs::create_dir_all(&dir).map_err(|e| Error::Io {
         path: dir.display().to_string(),
         source: e,
     })?;
+    // Several tier processes may share the data directory and start at the
+    // same time: one generates (holding `generating.lock`, created with
+    // O_EXCL), the others wait for it. `cert.pem` is renamed into place
+    // last, so its presence means the pair is complete.
+    let lock = dir.join("generating.lock");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if cert.exists() && key.exists() {
+            return Ok((cert, key));
+        }
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&lock)
+        {
+            Ok(_) => {
+                let res = generate(cfg, &dir, &cert, &key);
+                let _ = std::fs::remove_file(&lock);
+                res?;
+                return Ok((cert, key));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                if std::time::Instant::now() > deadline {
+                    // A generator died holding the lock: take over.
+                    let _ = std::fs::remove_file(&lock);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => {
+                return Err(Error::Io {
+                    path: lock.display().to_string(),
+                    source: e,
+                });
+            }
+        }
+    }
+}
+
+fn generate(
+    cfg: &Config,
+    dir: &std::path::Path,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<(), Error> {
     let mut names = vec![cfg.server.hostname.clone()];
     for n in ["localhost", "127.0.0.1", "::1"] {
         if !names.iter().any(|x| x == n) {
@@ -59,13 +100,23 @@ pub fn certificate_paths(cfg: &Config) -> Result<(PathBuf, PathBuf), Error> {
     }
     let generated = rcgen::generate_simple_self_signed(names)
         .map_err(|e| Error::Invalid(format!("cannot generate a certificate: {e}")))?;
-    write_private(&key, generated.signing_key.serialize_pem().as_bytes())?;
-    std::fs::write(&cert, generated.cert.pem()).map_err(|e| Error::Io {
+    let key_tmp = dir.join("key.pem.tmp");
+    let cert_tmp = dir.join("cert.pem.tmp");
+    write_private(&key_tmp, generated.signing_key.serialize_pem().as_bytes())?;
+    std::fs::write(&cert_tmp, generated.cert.pem()).map_err(|e| Error::Io {
+        path: cert_tmp.display().to_string(),
+        source: e,
+    })?;
+    std::fs::rename(&key_tmp, key).map_err(|e| Error::Io {
+        path: key.display().to_string(),
+        source: e,
+    })?;
+    std::fs::rename(&cert_tmp, cert).map_err(|e| Error::Io {
         path: cert.display().to_string(),
         source: e,
     })?;
     tracing::info!(cert = %cert.display(), "generated a self-signed certificate (set tls.cert_file/tls.key_file for a real one)");
-    Ok((cert, key))
+    Ok(())
 }
 
 fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<(), Error> {
@@ -115,6 +166,26 @@ pub fn server_config(cfg: &Config) -> Result<Arc<rustls::ServerConfig>, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn concurrent_generation_yields_one_matching_pair() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::default();
+        cfg.server.data_dir = dir.path().to_path_buf();
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let cfg = cfg.clone();
+                std::thread::spawn(move || {
+                    server_config(&cfg).map(|_| ()).map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap().unwrap();
+        }
+        server_config(&cfg).unwrap();
+        assert!(!dir.path().join("tls/generating.lock").exists());
+    }
 
     #[test]
     fn generates_once_and_reuses() {
