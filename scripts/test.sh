@@ -58,7 +58,7 @@ export POSTHORN_TEST_S3_SERVER
 echo "==> redis-server: $(redis-server --version | head -1)"
 echo "==> nats-server:  $("$POSTHORN_TEST_NATS_SERVER" --version)"
 echo "==> s3s-fs:       $("$POSTHORN_TEST_S3_SERVER" --version)"
-echo "==> clients:      $(swaks --version 2>&1 | head -1); $(fetchmail --version 2>&1 | head -1); $(mbsync --version 2>&1 | head -1)"
+echo "==> clients:      $(swaks --version 2>&1 | head -1); $(fetchmail --version 2>&1 | grep -m1 -i release); $(mbsync --version 2>&1 | head -1)"
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

@@ -126,6 +126,31 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
+/// A byte stream a protocol session runs over (TCP, or TLS over TCP),
+/// boxed so STARTTLS can swap one for the other.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// Bind a protocol listener of `tier` (an empty address disables it) and
+/// log one line saying where it listens.
+pub async fn bind_listener(
+    tier: &'static str,
+    addr: &str,
+    what: &str,
+) -> std::io::Result<Option<tokio::net::TcpListener>> {
+    if addr.is_empty() {
+        return Ok(None);
+    }
+    let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("{tier}: cannot listen on {addr} ({what}): {e}"),
+        )
+    })?;
+    tracing::info!(tier, addr = %l.local_addr()?, "{what} listening");
+    Ok(Some(l))
+}
+
 /// Bind the side HTTP port of a tier. Separate from [`serve_http`] so the
 /// caller learns a bind error (and the actual port with `:0`) at once.
 pub async fn bind_http(addr: &str) -> std::io::Result<tokio::net::TcpListener> {

@@ -138,6 +138,35 @@ fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<(), Error> {
     })
 }
 
+/// The acceptor for STARTTLS and implicit-TLS listeners. With no
+/// configured certificate, a failure to generate one only disables TLS
+/// (logged, `None`); a configured certificate that cannot be loaded is an
+/// error (a listener without its certificate is a misconfiguration).
+pub fn acceptor(cfg: &Config) -> Result<Option<tokio_rustls::TlsAcceptor>, Error> {
+    match server_config(cfg) {
+        Ok(c) => Ok(Some(tokio_rustls::TlsAcceptor::from(c))),
+        Err(e) if cfg.tls.cert_file.is_empty() => {
+            tracing::warn!(error = %e, "no TLS: STARTTLS and implicit-TLS listeners disabled");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// "TLSv1.3 with cipher TLS13_AES_256_GCM_SHA384", for `Received:` lines and logs.
+pub fn describe(conn: &rustls::ServerConnection) -> String {
+    let version = match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
+        Some(v) => format!("{v:?}"),
+        None => "TLS".to_string(),
+    };
+    match conn.negotiated_cipher_suite() {
+        Some(cs) => format!("{version} with cipher {:?}", cs.suite()),
+        None => version,
+    }
+}
+
 /// A rustls server configuration from the configured or generated files.
 pub fn server_config(cfg: &Config) -> Result<Arc<rustls::ServerConfig>, Error> {
     let (cert, key) = certificate_paths(cfg)?;

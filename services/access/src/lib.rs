@@ -29,14 +29,11 @@ use posthorn_auth::Throttle;
 use posthorn_backends::{Backends, BoxError, Provider, on_shutdown, watch_health};
 use posthorn_config::Config;
 use posthorn_runtime::Health;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
-/// A byte stream a session can run over (TCP, or TLS over TCP).
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+pub use posthorn_runtime::Io;
 
 /// Connection facts.
 #[derive(Debug, Clone)]
@@ -138,17 +135,6 @@ enum Proto {
     Pop3,
 }
 
-async fn bind(addr: &str, what: &str) -> Result<Option<TcpListener>, BoxError> {
-    if addr.is_empty() {
-        return Ok(None);
-    }
-    let l = TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("access: cannot listen on {addr} ({what}): {e}"))?;
-    tracing::info!(tier = "access", addr = %l.local_addr()?, "{what} listening");
-    Ok(Some(l))
-}
-
 /// Run access until `shutdown` turns true.
 pub async fn run(
     cfg: Arc<Config>,
@@ -162,20 +148,23 @@ pub async fn run(
         health.clone(),
         on_shutdown(shutdown.clone()),
     ));
-    let tls = match posthorn_tls::server_config(&cfg) {
-        Ok(c) => Some(TlsAcceptor::from(c)),
-        Err(e) if cfg.tls.cert_file.is_empty() => {
-            tracing::warn!(error = %e, "no TLS: STARTTLS/STLS and implicit-TLS listeners disabled");
-            None
-        }
-        Err(e) => return Err(format!("tls: {e}").into()),
-    };
-    let imap = bind(&cfg.access.imap_listen, "IMAP").await?;
-    let pop3 = bind(&cfg.access.pop3_listen, "POP3").await?;
+    let tls = posthorn_tls::acceptor(&cfg)?;
+    let imap = posthorn_runtime::bind_listener("access", &cfg.access.imap_listen, "IMAP").await?;
+    let pop3 = posthorn_runtime::bind_listener("access", &cfg.access.pop3_listen, "POP3").await?;
     let (imaps, pop3s) = if tls.is_some() {
         (
-            bind(&cfg.access.imaps_listen, "IMAPS (implicit TLS)").await?,
-            bind(&cfg.access.pop3s_listen, "POP3S (implicit TLS)").await?,
+            posthorn_runtime::bind_listener(
+                "access",
+                &cfg.access.imaps_listen,
+                "IMAPS (implicit TLS)",
+            )
+            .await?,
+            posthorn_runtime::bind_listener(
+                "access",
+                &cfg.access.pop3s_listen,
+                "POP3S (implicit TLS)",
+            )
+            .await?,
         )
     } else {
         (None, None)

@@ -1,4 +1,7 @@
-//! The delivery tier (remote SMTP delivery from the outbound queue).
+//! The delivery tier (remote SMTP delivery from the outbound queue). The
+//! delivery loop comes with the remote-delivery issue: today the tier only
+//! reports health and readiness, and remote recipients wait, durably, on
+//! the `outbound` queue.
 //!
 //! Readiness: the queue and blob store answer, and the resolver's gRPC
 //! health service says SERVING.

@@ -1,6 +1,7 @@
-//! The resolver tier: cached DNS lookups (MX/A/AAAA/TXT/TLSA) over gRPC for
-//! delivery. It has no storage dependency, so it is ready as soon as its
-//! gRPC server listens.
+//! The resolver tier. Its job is cached DNS lookups (MX/A/AAAA/TXT/TLSA)
+//! over gRPC for delivery; that API comes with the remote-delivery issue.
+//! Today it serves only `grpc.health.v1` and its side HTTP port, so that
+//! deployments and readiness wiring (delivery waits for it) work already.
 
 #![warn(missing_docs)]
 

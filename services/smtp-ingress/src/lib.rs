@@ -68,17 +68,6 @@ impl Drop for IpSlot {
     }
 }
 
-async fn bind(addr: &str, what: &str) -> Result<Option<TcpListener>, BoxError> {
-    if addr.is_empty() {
-        return Ok(None);
-    }
-    let l = TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("smtp-ingress: cannot listen on {addr} ({what}): {e}"))?;
-    tracing::info!(tier = "smtp-ingress", addr = %l.local_addr()?, "{what} listening");
-    Ok(Some(l))
-}
-
 /// Run smtp-ingress until `shutdown` turns true.
 pub async fn run(
     cfg: Arc<Config>,
@@ -93,18 +82,17 @@ pub async fn run(
         on_shutdown(shutdown.clone()),
     ));
 
-    let tls = match posthorn_tls::server_config(&cfg) {
-        Ok(c) => Some(TlsAcceptor::from(c)),
-        Err(e) if cfg.tls.cert_file.is_empty() => {
-            tracing::warn!(error = %e, "no TLS: STARTTLS and port 465 disabled");
-            None
-        }
-        Err(e) => return Err(format!("tls: {e}").into()),
-    };
-    let mx = bind(&cfg.smtp.listen, "SMTP (MX)").await?;
-    let sub = bind(&cfg.smtp.submission_listen, "SMTP submission (STARTTLS)").await?;
+    let tls = posthorn_tls::acceptor(&cfg)?;
+    let mx = posthorn_runtime::bind_listener("smtp-ingress", &cfg.smtp.listen, "SMTP (MX)").await?;
+    let sub = posthorn_runtime::bind_listener(
+        "smtp-ingress",
+        &cfg.smtp.submission_listen,
+        "SMTP submission (STARTTLS)",
+    )
+    .await?;
     let subs = if tls.is_some() {
-        bind(
+        posthorn_runtime::bind_listener(
+            "smtp-ingress",
             &cfg.smtp.submissions_listen,
             "SMTP submissions (implicit TLS)",
         )
@@ -181,7 +169,8 @@ async fn accept_loop(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let limit = Arc::new(Semaphore::new(shared.cfg.smtp.max_connections as usize));
-    let sessions = tokio_util_like::Tracker::default();
+    // Tracks sessions so shutdown can wait for those in DATA.
+    let sessions = tokio_util::task::TaskTracker::new();
     loop {
         let (mut sock, addr) = tokio::select! {
             r = listener.accept() => match r {
@@ -225,9 +214,8 @@ async fn accept_loop(
         };
         let shared = shared.clone();
         let shutdown = shutdown.clone();
-        let guard = sessions.enter();
         let span = tracing::info_span!("smtp", client = %ip, listener = ?kind);
-        tokio::spawn(tracing::Instrument::instrument(
+        sessions.spawn(tracing::Instrument::instrument(
             async move {
                 metrics::gauge!("posthorn_smtp_sessions").increment(1.0);
                 let peer = Peer {
@@ -244,7 +232,7 @@ async fn accept_loop(
                     {
                         let desc = {
                             let (_, conn) = tls.get_ref();
-                            session_tls_desc(conn)
+                            posthorn_tls::describe(conn)
                         };
                         let peer = Peer {
                             tls: Some(desc),
@@ -258,57 +246,14 @@ async fn accept_loop(
                 metrics::gauge!("posthorn_smtp_sessions").decrement(1.0);
                 drop(slot);
                 drop(permit);
-                drop(guard);
             },
             span,
         ));
     }
     // Sessions got 421 on shutdown between commands; wait for those in DATA.
     let grace = Duration::from_secs(shared.cfg.server.shutdown_grace_secs);
+    sessions.close();
     if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
         tracing::warn!("SMTP sessions still open after the grace period");
-    }
-}
-
-fn session_tls_desc(conn: &rustls::ServerConnection) -> String {
-    let version = match conn.protocol_version() {
-        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
-        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
-        _ => "TLS".to_string(),
-    };
-    match conn.negotiated_cipher_suite() {
-        Some(cs) => format!("{version} with cipher {:?}", cs.suite()),
-        None => version,
-    }
-}
-
-/// A tiny "wait for all sessions" tracker (an mpsc whose senders are the
-/// sessions: when every sender is dropped, `recv` returns `None`).
-mod tokio_util_like {
-    use tokio::sync::mpsc;
-
-    pub struct Tracker {
-        tx: mpsc::Sender<()>,
-        rx: mpsc::Receiver<()>,
-    }
-
-    impl Default for Tracker {
-        fn default() -> Self {
-            let (tx, rx) = mpsc::channel(1);
-            Tracker { tx, rx }
-        }
-    }
-
-    pub struct Guard(#[allow(dead_code)] mpsc::Sender<()>);
-
-    impl Tracker {
-        pub fn enter(&self) -> Guard {
-            Guard(self.tx.clone())
-        }
-        pub async fn wait(self) {
-            let Tracker { tx, mut rx } = self;
-            drop(tx);
-            let _ = rx.recv().await;
-        }
     }
 }

@@ -19,14 +19,12 @@ use posthorn_smtp_codec::{
     RcptParams, Reply, Request, ReversePath, parse_command,
 };
 use prost::Message;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::Shared;
 
-/// A byte stream a session can run over (TCP, or TLS over TCP).
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+pub use posthorn_runtime::Io;
 
 /// What kind of listener accepted the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,7 +119,7 @@ pub async fn run(
                     match tokio::time::timeout(command_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             let (_, conn) = tls.get_ref();
-                            peer.tls = Some(describe_tls(conn));
+                            peer.tls = Some(posthorn_tls::describe(conn));
                             stream = Box::new(tls);
                         }
                         _ => return,
@@ -159,19 +157,6 @@ pub async fn run(
                 return;
             }
         }
-    }
-}
-
-fn describe_tls(conn: &rustls::ServerConnection) -> String {
-    let version = match conn.protocol_version() {
-        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
-        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
-        Some(v) => format!("{v:?}"),
-        None => "TLS".to_string(),
-    };
-    match conn.negotiated_cipher_suite() {
-        Some(cs) => format!("{version} with cipher {:?}", cs.suite()),
-        None => version,
     }
 }
 
@@ -893,9 +878,12 @@ impl Session {
 }
 
 /// How long after starting a publish smtp-ingress has certainly given up
-/// on it (the queue client's 5 s timeout) plus 30 s for clock skew between
-/// this host and the queue server.
-const PUBLISH_DEADLINE_MS: i64 = 35_000;
+/// on it (the queue client's 5 s timeout) plus 5 minutes for clock skew
+/// between this host and the queue server. The margin is wide on purpose:
+/// the router drops items stored after the deadline, so a skew larger than
+/// the margin would drop mail that got `250`; a publish buffered across a
+/// shorter reconnect is delivered (a possible duplicate, never a loss).
+const PUBLISH_DEADLINE_MS: i64 = 305_000;
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -933,29 +921,11 @@ fn new_message_id() -> String {
 
 /// RFC 5322 §3.3 date-time in UTC, e.g. `Thu, 26 Nov 2026 06:15:04 +0000`.
 pub fn rfc5322_date(unix: i64) -> String {
-    let days = unix.div_euclid(86_400);
-    let secs = unix.rem_euclid(86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][days.rem_euclid(7) as usize];
-    let month = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ][(m - 1) as usize];
-    format!(
-        "{weekday}, {d:02} {month} {y} {:02}:{:02}:{:02} +0000",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
+    // Two-digit day, like Postfix and Sendmail (RFC 5322 allows both).
+    chrono::DateTime::from_timestamp(unix, 0)
+        .unwrap_or_default()
+        .format("%a, %d %b %Y %H:%M:%S %z")
+        .to_string()
 }
 
 #[cfg(test)]
