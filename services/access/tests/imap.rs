@@ -193,7 +193,7 @@ async fn rfc3501_sample_session() {
     assert_eq!(
         r,
         vec![
-            "* CAPABILITY IMAP4rev1 LITERAL+ SASL-IR AUTH=PLAIN ENABLE IDLE UIDPLUS MOVE UNSELECT NAMESPACE ID CHILDREN SPECIAL-USE QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE",
+            "* CAPABILITY IMAP4rev1 LITERAL+ SASL-IR AUTH=PLAIN ENABLE IDLE UIDPLUS MOVE UNSELECT NAMESPACE ID CHILDREN SPECIAL-USE QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE CONDSTORE QRESYNC ESEARCH LIST-EXTENDED LIST-STATUS",
             "abcd OK CAPABILITY completed"
         ]
     );
@@ -663,4 +663,286 @@ async fn idle_timeout_autologout() {
     let mut c = s.client().await;
     let l = c.line().await;
     assert_eq!(l, "* BYE Autologout; idle for too long");
+}
+
+/// RFC 7162: CONDSTORE (MODSEQ, CHANGEDSINCE, UNCHANGEDSINCE, SEARCH MODSEQ,
+/// STATUS HIGHESTMODSEQ) and QRESYNC (SELECT with QRESYNC, VANISHED).
+#[tokio::test]
+async fn condstore_and_qresync() {
+    let s = server(|_| {}).await;
+    for i in 1..=5 {
+        s.deliver(
+            "INBOX",
+            &format!("Subject: m{i}\r\n\r\nbody\r\n"),
+            &[],
+            1_700_000_000,
+        )
+        .await;
+    }
+    let info = |s: &Server| {
+        let meta = s.ctx.backends.meta.clone();
+        async move { meta.get_mailbox(ALICE, "INBOX").await.unwrap().unwrap() }
+    };
+    let before = info(&s).await;
+    let hms0 = before.highest_modseq;
+    let uv = before.uidvalidity;
+    let mut c = s.logged_in().await;
+    let r = c.cmd("a SELECT INBOX (CONDSTORE)").await;
+    assert!(
+        r.contains(&format!("* OK [HIGHESTMODSEQ {hms0}] Highest")),
+        "{r:?}"
+    );
+    // MODSEQ as a FETCH item.
+    let r = c.cmd("b FETCH 1 (FLAGS MODSEQ)").await;
+    let m1: u64 = r[0]
+        .split("MODSEQ (")
+        .nth(1)
+        .and_then(|x| x.split(')').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(r[0], format!("* 1 FETCH (FLAGS () MODSEQ ({m1}))"));
+    // STORE reports the new MODSEQ once CONDSTORE is on.
+    let r = c.cmd("c STORE 2 +FLAGS (\\Seen)").await;
+    let hms1 = info(&s).await.highest_modseq;
+    assert!(hms1 > hms0);
+    assert_eq!(
+        r,
+        vec![
+            format!("* 2 FETCH (FLAGS (\\Seen) MODSEQ ({hms1}))"),
+            "c OK STORE completed".into()
+        ]
+    );
+    // CHANGEDSINCE: only message 2 changed since hms0.
+    let r = c
+        .cmd(&format!("d FETCH 1:* (FLAGS) (CHANGEDSINCE {hms0})"))
+        .await;
+    assert_eq!(
+        r,
+        vec![
+            format!("* 2 FETCH (FLAGS (\\Seen) MODSEQ ({hms1}))"),
+            "d OK FETCH completed".into()
+        ]
+    );
+    // UNCHANGEDSINCE: message 2 changed after m1 and is refused (MODIFIED),
+    // message 1 is stored, even though .SILENT (the new MODSEQ is reported).
+    let r = c
+        .cmd(&format!(
+            "e STORE 1:2 (UNCHANGEDSINCE {m1}) +FLAGS.SILENT (\\Flagged)"
+        ))
+        .await;
+    let hms2 = info(&s).await.highest_modseq;
+    assert_eq!(
+        r,
+        vec![
+            format!("* 1 FETCH (FLAGS (\\Flagged) MODSEQ ({hms2}))"),
+            "e OK [MODIFIED 2] Conditional STORE failed".into()
+        ]
+    );
+    let r = c
+        .cmd("f UID STORE 2 (UNCHANGEDSINCE 0) FLAGS (\\Deleted)")
+        .await;
+    assert_eq!(r, vec!["f OK [MODIFIED 2] Conditional STORE failed"]);
+    // SEARCH MODSEQ returns the highest MODSEQ of the hits.
+    let r = c.cmd(&format!("g SEARCH MODSEQ {}", hms1)).await;
+    assert_eq!(r[0], format!("* SEARCH 1 2 (MODSEQ {hms2})"));
+    let r = c.cmd("h STATUS Trash (HIGHESTMODSEQ)").await;
+    assert!(r[0].starts_with("* STATUS Trash (HIGHESTMODSEQ "), "{r:?}");
+    // Expunge 3 and 4; QRESYNC not enabled yet, so EXPUNGE responses.
+    c.cmd("i STORE 3:4 +FLAGS.SILENT (\\Deleted)").await;
+    let hms3 = info(&s).await.highest_modseq;
+    let r = c.cmd("j EXPUNGE").await;
+    assert_eq!(
+        r,
+        vec!["* 3 EXPUNGE", "* 3 EXPUNGE", "j OK EXPUNGE completed"]
+    );
+    // QRESYNC without ENABLE is refused.
+    let r = c
+        .cmd(&format!("k SELECT INBOX (QRESYNC ({uv} {hms0}))"))
+        .await;
+    assert!(r.last().unwrap().starts_with("k BAD"), "{r:?}");
+    let r = c.cmd("l ENABLE QRESYNC").await;
+    assert_eq!(r, vec!["* ENABLED QRESYNC", "l OK ENABLE completed"]);
+    // A client that last saw hms0 learns of the expunges and the flag changes.
+    let r = c
+        .cmd(&format!("m SELECT INBOX (QRESYNC ({uv} {hms0} 1:5))"))
+        .await;
+    let hms4 = info(&s).await.highest_modseq;
+    assert!(r.contains(&"* VANISHED (EARLIER) 3:4".to_string()), "{r:?}");
+    assert!(
+        r.contains(&format!("* OK [HIGHESTMODSEQ {hms4}] Highest")),
+        "{r:?}"
+    );
+    assert!(
+        r.contains(&format!(
+            "* 1 FETCH (UID 1 FLAGS (\\Flagged) MODSEQ ({hms2}))"
+        )),
+        "{r:?}"
+    );
+    assert!(
+        r.contains(&format!("* 2 FETCH (UID 2 FLAGS (\\Seen) MODSEQ ({hms1}))")),
+        "{r:?}"
+    );
+    assert!(!r.iter().any(|l| l.contains("UID 5")), "{r:?}");
+    // Known UIDs restrict VANISHED.
+    let r = c
+        .cmd(&format!("n SELECT INBOX (QRESYNC ({uv} {hms0} 4:5))"))
+        .await;
+    assert_eq!(r[0], "* OK [CLOSED] Previous mailbox closed");
+    assert!(r.contains(&"* VANISHED (EARLIER) 4".to_string()), "{r:?}");
+    // UIDVALIDITY mismatch: a plain SELECT.
+    let r = c
+        .cmd(&format!("o SELECT INBOX (QRESYNC ({} {hms0}))", uv + 1))
+        .await;
+    assert!(
+        !r.iter()
+            .any(|l| l.contains("VANISHED") || l.contains("FETCH")),
+        "{r:?}"
+    );
+    // UID FETCH ... (CHANGEDSINCE n VANISHED).
+    let r = c
+        .cmd(&format!(
+            "p UID FETCH 1:* (FLAGS) (CHANGEDSINCE {hms3} VANISHED)"
+        ))
+        .await;
+    assert_eq!(r, vec!["* VANISHED (EARLIER) 3:4", "p OK FETCH completed"]);
+    // Once QRESYNC is on, expunges are VANISHED, not EXPUNGE.
+    c.cmd("q STORE 1 +FLAGS.SILENT (\\Deleted)").await;
+    let r = c.cmd("r EXPUNGE").await;
+    assert_eq!(r, vec!["* VANISHED 1", "r OK EXPUNGE completed"]);
+    // VANISHED in FETCH needs CHANGEDSINCE.
+    let r = c.cmd("s UID FETCH 1:* (FLAGS) (VANISHED)").await;
+    assert!(r.last().unwrap().starts_with("s BAD"), "{r:?}");
+}
+
+/// RFC 5258 LIST-EXTENDED, RFC 5819 LIST-STATUS, RFC 6154 SPECIAL-USE
+/// selection, RFC 4731 ESEARCH.
+#[tokio::test]
+async fn list_extended_status_and_esearch() {
+    let s = server(|_| {}).await;
+    for i in 1..=4 {
+        let flags: &[&str] = if i % 2 == 0 { &["\\Seen"] } else { &[] };
+        s.deliver(
+            "INBOX",
+            &format!("Subject: m{i}\r\n\r\nbody\r\n"),
+            flags,
+            1_700_000_000,
+        )
+        .await;
+    }
+    let mut c = s.logged_in().await;
+    c.cmd("a CREATE Lists/Rust").await;
+    c.cmd("b SUBSCRIBE Lists/Rust").await;
+    c.cmd("c SUBSCRIBE INBOX").await;
+    // New accounts have their special-use mailboxes subscribed.
+    for m in ["Drafts", "Junk", "Sent", "Trash"] {
+        let r = c.cmd(&format!("c UNSUBSCRIBE {m}")).await;
+        assert_eq!(r, vec!["c OK UNSUBSCRIBE completed"]);
+    }
+    // Selection SUBSCRIBED: only subscribed mailboxes, marked \Subscribed.
+    let r = c.cmd("d LIST (SUBSCRIBED) \"\" \"*\"").await;
+    assert_eq!(
+        r,
+        vec![
+            "* LIST (\\HasNoChildren \\Subscribed) \"/\" INBOX",
+            "* LIST (\\HasNoChildren \\Subscribed) \"/\" Lists/Rust",
+            "d OK LIST completed",
+        ]
+    );
+    // RECURSIVEMATCH: the unsubscribed parent shows CHILDINFO.
+    let r = c
+        .cmd("e LIST (SUBSCRIBED RECURSIVEMATCH) \"\" \"%\" RETURN (CHILDREN)")
+        .await;
+    assert_eq!(
+        r,
+        vec![
+            "* LIST (\\HasNoChildren \\Subscribed) \"/\" INBOX",
+            "* LIST (\\HasChildren) \"/\" Lists (\"CHILDINFO\" (\"SUBSCRIBED\"))",
+            "e OK LIST completed",
+        ]
+    );
+    // Several patterns; RETURN (SUBSCRIBED) marks without selecting.
+    let r = c
+        .cmd("f LIST \"\" (INBOX \"Lists/%\") RETURN (SUBSCRIBED)")
+        .await;
+    assert_eq!(
+        r,
+        vec![
+            "* LIST (\\HasNoChildren \\Subscribed) \"/\" INBOX",
+            "* LIST (\\HasNoChildren \\Subscribed) \"/\" Lists/Rust",
+            "f OK LIST completed",
+        ]
+    );
+    // SPECIAL-USE selection.
+    let r = c.cmd("g LIST (SPECIAL-USE) \"\" \"*\"").await;
+    assert_eq!(r.len(), 5, "{r:?}");
+    assert!(r.iter().all(|l| !l.contains("INBOX")), "{r:?}");
+    // LIST-STATUS: each selectable mailbox's STATUS after its LIST line.
+    let r = c
+        .cmd("h LIST \"\" \"IN%\" RETURN (STATUS (MESSAGES UNSEEN))")
+        .await;
+    assert_eq!(
+        r,
+        vec![
+            "* LIST (\\HasNoChildren) \"/\" INBOX",
+            "* STATUS INBOX (MESSAGES 4 UNSEEN 2)",
+            "h OK LIST completed",
+        ]
+    );
+    let r = c
+        .cmd("i LIST \"\" \"Lists*\" RETURN (STATUS (MESSAGES))")
+        .await;
+    assert_eq!(
+        r,
+        vec![
+            "* LIST (\\HasChildren) \"/\" Lists",
+            "* STATUS Lists (MESSAGES 0)",
+            "* LIST (\\HasNoChildren) \"/\" Lists/Rust",
+            "* STATUS Lists/Rust (MESSAGES 0)",
+            "i OK LIST completed",
+        ]
+    );
+    for bad in [
+        "j LIST (RECURSIVEMATCH) \"\" \"*\"",
+        "j LIST (BOGUS) \"\" \"*\"",
+        "j LIST \"\" \"*\" RETURN (BOGUS)",
+        "j LIST \"\" \"*\" RETURN (STATUS (NOPE))",
+    ] {
+        let r = c.cmd(bad).await;
+        assert!(r.last().unwrap().starts_with("j BAD"), "{bad}: {r:?}");
+    }
+    // ESEARCH.
+    c.cmd("k SELECT INBOX").await;
+    let r = c.cmd("l SEARCH RETURN (MIN MAX COUNT) UNSEEN").await;
+    assert_eq!(
+        r,
+        vec![
+            "* ESEARCH (TAG \"l\") MIN 1 MAX 3 COUNT 2",
+            "l OK SEARCH completed"
+        ]
+    );
+    let r = c.cmd("m UID SEARCH RETURN () ALL").await;
+    assert_eq!(
+        r,
+        vec!["* ESEARCH (TAG \"m\") UID ALL 1:4", "m OK SEARCH completed"]
+    );
+    let r = c.cmd("n SEARCH RETURN (COUNT ALL) DELETED").await;
+    assert_eq!(
+        r,
+        vec!["* ESEARCH (TAG \"n\") COUNT 0", "n OK SEARCH completed"]
+    );
+    // A literal in the criteria still works after RETURN.
+    c.send("o SEARCH RETURN (ALL) SUBJECT {2}\r\n").await;
+    assert_eq!(c.line().await, "+ Ready for literal data");
+    c.send("m3\r\n").await;
+    let r = c.until("o").await;
+    assert_eq!(
+        r,
+        vec!["* ESEARCH (TAG \"o\") ALL 3", "o OK SEARCH completed"]
+    );
+    let r = c.cmd("p SEARCH RETURN (SAVE) ALL").await;
+    assert!(r[0].starts_with("p BAD"), "{r:?}");
+    // A plain SEARCH afterwards is plain again.
+    let r = c.cmd("q SEARCH SEEN").await;
+    assert_eq!(r, vec!["* SEARCH 2 4", "q OK SEARCH completed"]);
 }

@@ -1,14 +1,15 @@
 //! FETCH: items, message bytes, ENVELOPE/BODYSTRUCTURE (cached per process).
 
 use std::collections::{HashMap, HashSet};
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroU64};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use imap_codec::imap_types::body::{
     BasicFields, Body, BodyStructure, Disposition, Language, Location, MultiPartExtensionData,
     SinglePartExtensionData, SpecificFields,
 };
-use imap_codec::imap_types::core::{IString, Literal, NString, NonEmptyVec};
+use imap_codec::imap_types::command::FetchModifier;
+use imap_codec::imap_types::core::{IString, Literal, NString, Vec1};
 use imap_codec::imap_types::datetime::DateTime;
 use imap_codec::imap_types::envelope::{Address, Envelope};
 use imap_codec::imap_types::fetch::{
@@ -142,7 +143,7 @@ pub(crate) fn body_structure(p: &posthorn_mime::Part, ext: bool) -> BodyStructur
     if p.is_multipart() {
         let bodies: Vec<BodyStructure<'static>> =
             p.children.iter().map(|c| body_structure(c, ext)).collect();
-        if let Ok(bodies) = NonEmptyVec::try_from(bodies) {
+        if let Ok(bodies) = Vec1::try_from(bodies) {
             return BodyStructure::Multi {
                 bodies,
                 subtype: istr(&p.subtype.to_ascii_uppercase()),
@@ -258,7 +259,21 @@ impl Session {
         set: &SequenceSet,
         items: MacroOrMessageDataItemNames<'_>,
         uid: bool,
+        modifiers: &[FetchModifier],
     ) -> Res<(Option<Code<'static>>, String)> {
+        let mut changed_since = None;
+        let mut vanished = false;
+        for m in modifiers {
+            match m {
+                FetchModifier::ChangedSince(n) => changed_since = Some(n.get()),
+                FetchModifier::Vanished => vanished = true,
+            }
+        }
+        if vanished && (!uid || !self.qresync || changed_since.is_none()) {
+            return Err(bad(
+                "VANISHED needs UID FETCH, CHANGEDSINCE and ENABLE QRESYNC",
+            ));
+        }
         let idx = self.resolve(set, uid)?;
         let mut names = match items {
             MacroOrMessageDataItemNames::Macro(m) => m
@@ -277,6 +292,25 @@ impl Session {
         if uid && !names.contains(&MessageDataItemName::Uid) {
             names.insert(0, MessageDataItemName::Uid);
         }
+        if names.iter().any(|n| {
+            matches!(
+                n,
+                MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. }
+            )
+        }) {
+            return Err(bad("BINARY is not supported"));
+        }
+        // RFC 7162 §3.1.4.1: CHANGEDSINCE implies MODSEQ; asking for it enables CONDSTORE.
+        if changed_since.is_some() && !names.contains(&MessageDataItemName::ModSeq) {
+            names.push(MessageDataItemName::ModSeq);
+        }
+        let modseq_asked = names.contains(&MessageDataItemName::ModSeq);
+        if modseq_asked {
+            self.condstore = true;
+        }
+        if vanished && let Some(since) = changed_since {
+            self.fetch_vanished(set, since).await?;
+        }
         if idx.is_empty() {
             return Ok((None, "FETCH completed".into()));
         }
@@ -284,7 +318,7 @@ impl Session {
         let sel = self.selected.as_ref().expect("selected");
         let name = sel.name.clone();
         let read_only = sel.read_only;
-        let targets: Vec<(usize, u32)> = idx.iter().map(|&i| (i, sel.msgs[i].0)).collect();
+        let targets: Vec<(usize, u32)> = idx.iter().map(|&i| (i, sel.msgs[i].uid)).collect();
         let needs_bytes = names.iter().any(|n| {
             matches!(
                 n,
@@ -358,6 +392,9 @@ impl Session {
                 missing = true;
                 continue;
             };
+            if changed_since.is_some_and(|cs| m.modseq <= cs) {
+                continue;
+            }
             let bytes = if needs_bytes {
                 Some(self.message_bytes(m).await?)
             } else {
@@ -382,6 +419,13 @@ impl Session {
                         Some(u) => MessageDataItem::Uid(u),
                         None => continue,
                     },
+                    MessageDataItemName::ModSeq => match NonZeroU64::new(m.modseq) {
+                        Some(n) => MessageDataItem::ModSeq(n),
+                        None => continue,
+                    },
+                    MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. } => {
+                        continue;
+                    }
                     MessageDataItemName::Flags => {
                         flags_sent = true;
                         flags_item(&m.flags)
@@ -452,14 +496,24 @@ impl Session {
             }
             if flags_changed.contains(&m.uid) && !flags_sent {
                 out.push(flags_item(&m.flags));
+                flags_sent = true;
+            }
+            // RFC 7162 §3.1.4: once CONDSTORE is on, FLAGS come with MODSEQ.
+            if self.condstore
+                && flags_sent
+                && !modseq_asked
+                && let Some(n) = NonZeroU64::new(m.modseq)
+            {
+                out.push(MessageDataItem::ModSeq(n));
             }
             if let Some(sel) = self.selected.as_mut()
                 && flags_changed.contains(&m.uid)
                 && let Some(p) = sel.seq_of(m.uid)
             {
-                sel.msgs[p].1.clone_from(&m.flags);
+                sel.msgs[p].flags.clone_from(&m.flags);
+                sel.msgs[p].modseq = m.modseq;
             }
-            let Ok(items) = NonEmptyVec::try_from(out) else {
+            let Ok(items) = Vec1::try_from(out) else {
                 continue;
             };
             let Some(seq) = NonZeroU32::new(i as u32 + 1) else {
@@ -479,6 +533,34 @@ impl Session {
             });
         }
         Ok((None, "FETCH completed".into()))
+    }
+}
+
+impl Session {
+    /// `UID FETCH ... (CHANGEDSINCE n VANISHED)`: the UIDs in `set` expunged
+    /// since `since`, as `VANISHED (EARLIER)` (RFC 7162 §3.2.6).
+    async fn fetch_vanished(&mut self, set: &SequenceSet, since: u64) -> Res<()> {
+        let account = self.account();
+        let Some(sel) = self.selected.as_ref() else {
+            return Ok(());
+        };
+        let (name, max) = (sel.name.clone(), sel.uidnext.saturating_sub(1));
+        let wanted = super::ranges(set, max);
+        let gone: Vec<u32> = self
+            .ctx
+            .backends
+            .meta
+            .expunged_since(&account, &name, since)
+            .await
+            .map_err(store_err)?
+            .into_iter()
+            .filter(|&u| wanted.iter().any(|&(a, b)| a <= u && u <= b))
+            .collect();
+        if !gone.is_empty() {
+            let line = format!("* VANISHED (EARLIER) {}\r\n", super::uid_set(&gone));
+            self.out.extend_from_slice(line.as_bytes());
+        }
+        Ok(())
     }
 }
 
@@ -506,14 +588,13 @@ fn owned_flag(f: Flag<'_>) -> Flag<'static> {
 
 fn static_section(s: Section<'_>) -> Section<'static> {
     use imap_codec::imap_types::core::AString;
-    let names = |v: NonEmptyVec<AString<'_>>| -> NonEmptyVec<AString<'static>> {
+    let names = |v: Vec1<AString<'_>>| -> Vec1<AString<'static>> {
         let owned: Vec<AString<'static>> = v
             .as_ref()
             .iter()
             .filter_map(|a| AString::try_from(a.as_ref().to_vec()).ok())
             .collect();
-        NonEmptyVec::try_from(owned)
-            .unwrap_or_else(|_| NonEmptyVec::from(AString::try_from("X").expect("atom")))
+        Vec1::try_from(owned).unwrap_or_else(|_| Vec1::from(AString::try_from("X").expect("atom")))
     };
     match s {
         Section::Part(p) => Section::Part(p),

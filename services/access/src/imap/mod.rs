@@ -17,6 +17,7 @@
 //! EXISTS/EXPUNGE/FETCH responses.
 
 pub mod events;
+mod ext;
 mod fetch;
 mod search;
 mod utf7;
@@ -29,8 +30,9 @@ use std::time::Duration;
 use imap_codec::decode::{CommandDecodeError, Decoder};
 use imap_codec::encode::Encoder;
 use imap_codec::imap_types::auth::AuthMechanism;
-use imap_codec::imap_types::command::{Command, CommandBody};
-use imap_codec::imap_types::core::{AString, Atom, LiteralMode, NonEmptyVec, QuotedChar, Text};
+use imap_codec::imap_types::command::{Command, CommandBody, SelectParameter, StoreModifier};
+use imap_codec::imap_types::core::{AString, Atom, LiteralMode, QuotedChar, Text, Vec1};
+use imap_codec::imap_types::extensions::binary::LiteralOrLiteral8;
 use imap_codec::imap_types::extensions::quota::{QuotaGet, Resource};
 use imap_codec::imap_types::flag::{Flag, FlagNameAttribute, FlagPerm, StoreResponse, StoreType};
 use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox};
@@ -73,6 +75,10 @@ pub async fn run(ctx: Arc<Ctx>, stream: Box<dyn Io>, peer: Peer, shutdown: watch
         errors: 0,
         shutdown,
         reg: None,
+        condstore: false,
+        qresync: false,
+        esearch: None,
+        cur_tag: String::new(),
     };
     let caps = s.capabilities().join(" ");
     s.raw(&format!("* OK [CAPABILITY {caps}] Posthorn IMAP ready\r\n"));
@@ -90,13 +96,31 @@ struct Selected {
     uidvalidity: u32,
     uidnext: u32,
     highest_modseq: u64,
-    /// UIDs in sequence order, with the flags last told to the client.
-    msgs: Vec<(u32, Vec<String>)>,
+    /// Messages in sequence order, with the flags and MODSEQ last told to the client.
+    msgs: Vec<SMsg>,
+}
+
+/// One message of the selected mailbox as the client knows it.
+#[derive(Debug, Clone)]
+struct SMsg {
+    uid: u32,
+    flags: Vec<String>,
+    modseq: u64,
+}
+
+impl SMsg {
+    fn of(m: &MessageMeta) -> Self {
+        SMsg {
+            uid: m.uid,
+            flags: m.flags.clone(),
+            modseq: m.modseq,
+        }
+    }
 }
 
 impl Selected {
     fn seq_of(&self, uid: u32) -> Option<usize> {
-        self.msgs.binary_search_by_key(&uid, |m| m.0).ok()
+        self.msgs.binary_search_by_key(&uid, |m| m.uid).ok()
     }
 }
 
@@ -113,6 +137,14 @@ pub(crate) struct Session {
     shutdown: watch::Receiver<bool>,
     idle_timeout: Duration,
     reg: Option<events::Registration>,
+    /// RFC 7162: CONDSTORE enabled (MODSEQ in FETCH responses with FLAGS).
+    condstore: bool,
+    /// RFC 7162: QRESYNC enabled (VANISHED instead of EXPUNGE).
+    qresync: bool,
+    /// RFC 4731: the current SEARCH had `RETURN (...)`.
+    esearch: Option<ext::SearchReturn>,
+    /// Tag of the command being executed (for ESEARCH's TAG).
+    cur_tag: String,
 }
 
 /// How reading a command ended.
@@ -308,6 +340,11 @@ impl Session {
             "QUOTA",
             "QUOTA=RES-STORAGE",
             "QUOTA=RES-MESSAGE",
+            "CONDSTORE",
+            "QRESYNC",
+            "ESEARCH",
+            "LIST-EXTENDED",
+            "LIST-STATUS",
         ] {
             caps.push(c.into());
         }
@@ -411,6 +448,7 @@ impl Session {
         let mut pos = 0;
         let mut literals = 0;
         let max_append = self.ctx.cfg.access.max_append_size;
+        self.esearch = None;
         loop {
             let Some(i) = self.rbuf[pos..].iter().position(|&c| c == b'\n') else {
                 if self.rbuf.len() - pos > MAX_LINE {
@@ -423,7 +461,22 @@ impl Session {
                 }
                 continue;
             };
-            let line_end = pos + i + 1;
+            let mut line_end = pos + i + 1;
+            if pos == 0 {
+                // ESEARCH: peel `RETURN (...)` off before imap-codec sees it.
+                match ext::strip_search_return(&self.rbuf[..line_end]) {
+                    None => {}
+                    Some(Ok((line, ret))) => {
+                        self.rbuf.splice(..line_end, line.iter().copied());
+                        line_end = line.len();
+                        self.esearch = Some(ret);
+                    }
+                    Some(Err(())) => {
+                        let line: Vec<u8> = self.rbuf.drain(..line_end).collect();
+                        return Read::Bad(guess_tag(&line), line, "Bad SEARCH RETURN options");
+                    }
+                }
+            }
             let res = CommandCodec::default().decode(&self.rbuf[..line_end]);
             match res {
                 Ok((rem, _)) => {
@@ -503,12 +556,8 @@ impl Session {
                 }
                 Read::Bad(tag, line, what) => {
                     if let Some(t) = &tag
-                        && let Some(flow) = self.fallback(t, &line).await
+                        && self.list_extended(t, &line).await
                     {
-                        if matches!(flow, Flow::Close) {
-                            let _ = self.flush().await;
-                            return;
-                        }
                         continue;
                     }
                     match tag {
@@ -532,56 +581,31 @@ impl Session {
         }
     }
 
-    /// Commands imap-codec 1.0 cannot parse: `UID EXPUNGE`, `NAMESPACE`, `ID`.
-    async fn fallback(&mut self, tag: &str, line: &[u8]) -> Option<Flow> {
-        let s = std::str::from_utf8(line).ok()?.trim_end();
+    /// A LIST in RFC 5258 form (imap-codec parses only the basic one).
+    /// `false`: not such a command.
+    async fn list_extended(&mut self, tag: &str, line: &[u8]) -> bool {
+        let Ok(s) = std::str::from_utf8(line) else {
+            return false;
+        };
+        let s = s.trim_end_matches(['\r', '\n']);
         let mut words = s.splitn(3, ' ');
-        let _tag = words.next()?;
-        let cmd = words.next()?.to_ascii_uppercase();
-        let rest = words.next().unwrap_or("");
-        match cmd.as_str() {
-            "NAMESPACE" if rest.is_empty() => {
-                if self.account.is_none() {
-                    self.tagged(tag, Err(bad("Log in first")));
-                } else {
-                    self.raw("* NAMESPACE ((\"\" \"/\")) NIL NIL\r\n");
-                    self.tagged(tag, Ok((None, "NAMESPACE completed".into())));
-                }
-                Some(Flow::Continue)
-            }
-            "ID" if rest.eq_ignore_ascii_case("NIL")
-                || (rest.starts_with('(') && rest.ends_with(')')) =>
-            {
-                self.raw("* ID (\"name\" \"Posthorn\")\r\n");
-                self.tagged(tag, Ok((None, "ID completed".into())));
-                Some(Flow::Continue)
-            }
-            "UID" => {
-                let mut w = rest.splitn(2, ' ');
-                if !w.next()?.eq_ignore_ascii_case("EXPUNGE") {
-                    return None;
-                }
-                let set = w.next()?;
-                // Let imap-codec parse the sequence set (via an equivalent UID FETCH).
-                let probe = format!("{tag} UID FETCH {set} UID\r\n");
-                let parsed = CommandCodec::default().decode(probe.as_bytes());
-                let Ok((
-                    _,
-                    Command {
-                        body: CommandBody::Fetch { sequence_set, .. },
-                        ..
-                    },
-                )) = parsed
-                else {
-                    return None;
-                };
-                let r = self.expunge(Some(&sequence_set)).await;
-                self.sync(true).await;
-                self.tagged(tag, r);
-                Some(Flow::Continue)
-            }
-            _ => None,
+        let (_, Some(cmd), Some(args)) = (words.next(), words.next(), words.next()) else {
+            return false;
+        };
+        if !cmd.eq_ignore_ascii_case("LIST") {
+            return false;
         }
+        let r = match ext::parse_list(args) {
+            None => return false,
+            Some(_) if self.account.is_none() => Err(bad("Log in first")),
+            Some(Err(reason)) => Err(bad(reason)),
+            Some(Ok(opts)) => self.list_ext(opts, false, true).await,
+        };
+        if self.selected.is_some() {
+            self.sync(true).await;
+        }
+        self.tagged(tag, r);
+        true
     }
 
     fn publish(&self, mailbox: &str, kind: &str) {
@@ -601,6 +625,7 @@ impl Session {
 
     async fn dispatch(&mut self, cmd: Command<'_>) -> Flow {
         let tag = cmd.tag.as_ref().to_string();
+        self.cur_tag.clone_from(&tag);
         let authed = self.account.is_some();
         let needs_auth = !matches!(
             cmd.body,
@@ -610,6 +635,7 @@ impl Session {
                 | CommandBody::StartTLS
                 | CommandBody::Login { .. }
                 | CommandBody::Authenticate { .. }
+                | CommandBody::Id { .. }
         );
         if needs_auth && !authed {
             self.tagged(&tag, Err(bad("Log in first")));
@@ -620,6 +646,7 @@ impl Session {
             CommandBody::Close
                 | CommandBody::Unselect
                 | CommandBody::Expunge
+                | CommandBody::ExpungeUid { .. }
                 | CommandBody::Search { .. }
                 | CommandBody::Fetch { .. }
                 | CommandBody::Store { .. }
@@ -662,8 +689,14 @@ impl Session {
                     None => return Flow::Close,
                 }
             }
-            CommandBody::Select { mailbox } => self.select(&mailbox, false).await,
-            CommandBody::Examine { mailbox } => self.select(&mailbox, true).await,
+            CommandBody::Select {
+                mailbox,
+                parameters,
+            } => self.select(&mailbox, false, &parameters).await,
+            CommandBody::Examine {
+                mailbox,
+                parameters,
+            } => self.select(&mailbox, true, &parameters).await,
             CommandBody::Create { mailbox } => self.create(&mailbox).await,
             CommandBody::Delete { mailbox } => self.delete(&mailbox).await,
             CommandBody::Rename { from, to } => self.rename(&from, &to).await,
@@ -688,7 +721,11 @@ impl Session {
                 message,
             } => {
                 let date = date.map(|d| d.as_ref().timestamp());
-                self.append(&mailbox, &flags, date, message.data()).await
+                let data: &[u8] = match &message {
+                    LiteralOrLiteral8::Literal(l) => l.data(),
+                    LiteralOrLiteral8::Literal8(l) => l.data.as_ref(),
+                };
+                self.append(&mailbox, &flags, date, data).await
             }
             CommandBody::Close => {
                 if let Some(sel) = &self.selected
@@ -704,22 +741,25 @@ impl Session {
                 Ok((None, "UNSELECT completed".into()))
             }
             CommandBody::Expunge => self.expunge(None).await,
+            CommandBody::ExpungeUid { sequence_set } => self.expunge(Some(&sequence_set)).await,
             CommandBody::Search {
                 charset,
                 criteria,
                 uid,
             } => {
                 expunge_ok = uid;
-                self.search(charset.as_ref().map(|c| c.as_ref()), &criteria, uid)
+                self.search(charset.as_ref().map(|c| c.as_ref()), criteria.as_ref(), uid)
                     .await
             }
             CommandBody::Fetch {
                 sequence_set,
                 macro_or_item_names,
                 uid,
+                modifiers,
             } => {
                 expunge_ok = uid;
-                self.fetch(&sequence_set, macro_or_item_names, uid).await
+                self.fetch(&sequence_set, macro_or_item_names, uid, &modifiers)
+                    .await
             }
             CommandBody::Store {
                 sequence_set,
@@ -727,9 +767,15 @@ impl Session {
                 response,
                 flags,
                 uid,
+                modifiers,
             } => {
                 expunge_ok = uid;
-                self.store(&sequence_set, kind, response, &flags, uid).await
+                let unchanged_since = modifiers
+                    .iter()
+                    .map(|StoreModifier::UnchangedSince(n)| *n)
+                    .next();
+                self.store(&sequence_set, kind, response, &flags, uid, unchanged_since)
+                    .await
             }
             CommandBody::Copy {
                 sequence_set,
@@ -745,16 +791,41 @@ impl Session {
                 Some(r) => r,
                 None => return Flow::Close,
             },
-            CommandBody::Enable { .. } => {
+            CommandBody::Enable { capabilities } => {
+                let mut enabled = Vec::new();
+                for c in capabilities.as_ref() {
+                    let name = c.to_string().to_ascii_uppercase();
+                    let flag = match name.as_str() {
+                        "CONDSTORE" => &mut self.condstore,
+                        "QRESYNC" => {
+                            self.condstore = true;
+                            &mut self.qresync
+                        }
+                        _ => continue,
+                    };
+                    if !*flag {
+                        *flag = true;
+                        enabled.push(c.clone());
+                    }
+                }
                 self.data(Data::Enabled {
-                    capabilities: vec![],
+                    capabilities: enabled,
                 });
                 Ok((None, "ENABLE completed".into()))
+            }
+            CommandBody::Namespace => {
+                self.raw("* NAMESPACE ((\"\" \"/\")) NIL NIL\r\n");
+                Ok((None, "NAMESPACE completed".into()))
+            }
+            CommandBody::Id { .. } => {
+                self.raw("* ID (\"name\" \"Posthorn\")\r\n");
+                Ok((None, "ID completed".into()))
             }
             CommandBody::GetQuotaRoot { mailbox } => self.get_quota_root(&mailbox).await,
             CommandBody::GetQuota { root } => self.get_quota(root.as_ref()).await,
             CommandBody::SetQuota { .. } => Err(no(Some("NOPERM"), "Quotas are set by the admin")),
             CommandBody::Compress { .. } => Err(no(None, "COMPRESS is not supported")),
+            _ => Err(bad("Command not supported")),
         };
         if self.selected.is_some() {
             self.sync(expunge_ok).await;
@@ -905,8 +976,33 @@ impl Session {
         &mut self,
         m: &Mailbox<'_>,
         read_only: bool,
+        params: &[SelectParameter],
     ) -> Res<(Option<Code<'static>>, String)> {
-        self.selected = None;
+        let mut qresync = None;
+        for p in params {
+            match p {
+                SelectParameter::CondStore => self.condstore = true,
+                SelectParameter::QResync {
+                    uid_validity,
+                    mod_sequence_value,
+                    known_uids,
+                    ..
+                } => {
+                    if !self.qresync {
+                        return Err(bad("QRESYNC is not enabled"));
+                    }
+                    qresync = Some((
+                        uid_validity.get(),
+                        mod_sequence_value.get(),
+                        known_uids.clone(),
+                    ));
+                }
+            }
+        }
+        if self.selected.take().is_some() {
+            // RFC 7162 §3.2.11: the boundary between the two mailboxes' responses.
+            self.untagged_ok(Some(Code::Closed), "Previous mailbox closed");
+        }
         let name = self.mailbox_name(m)?;
         let account = self.account();
         let info = self
@@ -963,20 +1059,22 @@ impl Session {
         if let Ok(c) = Code::uidnext(info.uidnext.max(1)) {
             self.untagged_ok(Some(c), "Predicted next UID");
         }
-        self.untagged_ok(
-            Some(code_other(&format!(
-                "HIGHESTMODSEQ {}",
-                info.highest_modseq
-            ))),
-            "Highest",
-        );
+        if let Some(n) = std::num::NonZeroU64::new(info.highest_modseq) {
+            self.untagged_ok(Some(Code::HighestModSeq(n)), "Highest");
+        }
+        if let Some((uidvalidity, since, known)) = qresync
+            && uidvalidity == info.uidvalidity
+        {
+            self.qresync_changes(&account, &name, &info, &msgs, since, known.as_ref())
+                .await?;
+        }
         self.selected = Some(Selected {
             name: name.clone(),
             read_only,
             uidvalidity: info.uidvalidity,
             uidnext: info.uidnext,
             highest_modseq: info.highest_modseq,
-            msgs: msgs.into_iter().map(|m| (m.uid, m.flags)).collect(),
+            msgs: msgs.iter().map(SMsg::of).collect(),
         });
         self.ensure_registered().await;
         let (code, verb) = if read_only {
@@ -985,6 +1083,82 @@ impl Session {
             (Code::ReadWrite, "SELECT")
         };
         Ok((Some(code), format!("{verb} completed")))
+    }
+
+    /// RFC 7162 §3.2.5: what changed since `since` (SELECT/EXAMINE QRESYNC):
+    /// `VANISHED (EARLIER)` for expunged UIDs (among `known`, if given),
+    /// then a FETCH for each message changed or added since.
+    async fn qresync_changes(
+        &mut self,
+        account: &str,
+        name: &str,
+        info: &MailboxInfo,
+        msgs: &[MessageMeta],
+        since: u64,
+        known: Option<&SequenceSet>,
+    ) -> Res<()> {
+        let gone = self
+            .ctx
+            .backends
+            .meta
+            .expunged_since(account, name, since)
+            .await
+            .map_err(store_err)?;
+        let max = info.uidnext.saturating_sub(1);
+        let known = known.map(|k| ranges(k, max));
+        let in_known = |u: u32| {
+            known
+                .as_ref()
+                .is_none_or(|r| r.iter().any(|&(a, b)| a <= u && u <= b))
+        };
+        let vanished: Vec<u32> = gone.into_iter().filter(|&u| in_known(u)).collect();
+        if !vanished.is_empty() {
+            self.raw(&format!("* VANISHED (EARLIER) {}\r\n", uid_set(&vanished)));
+        }
+        for (i, m) in msgs.iter().enumerate() {
+            if m.modseq > since {
+                self.raw(&format!(
+                    "* {} FETCH (UID {} FLAGS ({}) MODSEQ ({}))\r\n",
+                    i + 1,
+                    m.uid,
+                    fetch::flags_list(&m.flags),
+                    m.modseq
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Tell the client about expunged messages: `(seq, uid)` pairs in the
+    /// order they were removed from the snapshot (each seq is valid at its
+    /// turn). `VANISHED` once QRESYNC is enabled (RFC 7162 §3.2.10).
+    fn tell_expunged(&mut self, gone: &[(usize, u32)]) {
+        if gone.is_empty() {
+            return;
+        }
+        if self.qresync {
+            let mut uids: Vec<u32> = gone.iter().map(|g| g.1).collect();
+            uids.sort_unstable();
+            self.raw(&format!("* VANISHED {}\r\n", uid_set(&uids)));
+        } else {
+            for (seq, _) in gone {
+                self.raw(&format!("* {seq} EXPUNGE\r\n"));
+            }
+        }
+    }
+
+    /// An untagged FETCH telling new flags (with MODSEQ once CONDSTORE is on).
+    fn flags_fetch(&self, seq: usize, uid: Option<u32>, flags: &[String], modseq: u64) -> String {
+        let mut s = format!("* {seq} FETCH (");
+        if let Some(u) = uid {
+            s.push_str(&format!("UID {u} "));
+        }
+        s.push_str(&format!("FLAGS ({})", fetch::flags_list(flags)));
+        if self.condstore {
+            s.push_str(&format!(" MODSEQ ({modseq})"));
+        }
+        s.push_str(")\r\n");
+        s
     }
 
     async fn ensure_registered(&mut self) {
@@ -1041,10 +1215,10 @@ impl Session {
                 let Some(mut sel) = self.selected.take() else {
                     return;
                 };
-                let last = sel.msgs.last().map_or(0, |m| m.0);
+                let last = sel.msgs.last().map_or(0, |m| m.uid);
                 for m in &new {
                     if m.uid > last {
-                        sel.msgs.push((m.uid, m.flags.clone()));
+                        sel.msgs.push(SMsg::of(m));
                     }
                 }
                 self.raw(&format!("* {} EXISTS\r\n", sel.msgs.len()));
@@ -1074,39 +1248,39 @@ impl Session {
         let mut complete = true;
         // Expunges, in ascending order: each EXPUNGE renumbers the rest.
         if expunge_ok {
+            let mut gone = Vec::new();
             let mut i = 0;
             while i < sel.msgs.len() {
-                if current.contains_key(&sel.msgs[i].0) {
+                if current.contains_key(&sel.msgs[i].uid) {
                     i += 1;
                 } else {
-                    sel.msgs.remove(i);
-                    self.raw(&format!("* {} EXPUNGE\r\n", i + 1));
+                    gone.push((i + 1, sel.msgs.remove(i).uid));
                 }
             }
-        } else if sel.msgs.iter().any(|m| !current.contains_key(&m.0)) {
+            self.tell_expunged(&gone);
+        } else if sel.msgs.iter().any(|m| !current.contains_key(&m.uid)) {
             complete = false;
         }
         // Flag changes.
-        for (i, (uid, flags)) in sel.msgs.iter_mut().enumerate() {
-            if let Some(m) = current.get(uid)
-                && m.flags != *flags
+        let mut lines = Vec::new();
+        for (i, sm) in sel.msgs.iter_mut().enumerate() {
+            if let Some(m) = current.get(&sm.uid)
+                && (m.flags != sm.flags || m.modseq != sm.modseq)
             {
-                flags.clone_from(&m.flags);
-                let fl = fetch::flags_list(flags);
-                self.raw(&format!(
-                    "* {} FETCH (UID {} FLAGS ({}))\r\n",
-                    i + 1,
-                    uid,
-                    fl
-                ));
+                sm.flags.clone_from(&m.flags);
+                sm.modseq = m.modseq;
+                lines.push(self.flags_fetch(i + 1, Some(sm.uid), &sm.flags, sm.modseq));
             }
         }
+        for l in lines {
+            self.raw(&l);
+        }
         // New messages.
-        let last = sel.msgs.last().map_or(0, |m| m.0);
+        let last = sel.msgs.last().map_or(0, |m| m.uid);
         let before = sel.msgs.len();
         for m in &msgs {
             if m.uid > last {
-                sel.msgs.push((m.uid, m.flags.clone()));
+                sel.msgs.push(SMsg::of(m));
             }
         }
         if sel.msgs.len() != before {
@@ -1263,14 +1437,48 @@ impl Session {
             ListMailbox::Token(t) => String::from_utf8_lossy(t.as_ref()).into_owned(),
             ListMailbox::String(s) => String::from_utf8_lossy(s.as_ref()).into_owned(),
         };
+        let opts = ext::ListExt {
+            reference,
+            patterns: vec![pat],
+            ..Default::default()
+        };
+        self.list_ext(opts, lsub, false).await
+    }
+
+    /// LIST (basic or RFC 5258 extended, `extended`), or LSUB.
+    async fn list_ext(
+        &mut self,
+        opts: ext::ListExt,
+        lsub: bool,
+        extended: bool,
+    ) -> Res<(Option<Code<'static>>, String)> {
         let verb = if lsub { "LSUB" } else { "LIST" };
         let delim = QuotedChar::try_from('/').ok();
-        if pat.is_empty() && !lsub {
+        if opts.patterns.len() == 1 && opts.patterns[0].is_empty() && !lsub {
             self.raw("* LIST (\\Noselect) \"/\" \"\"\r\n");
             return Ok((None, "LIST completed".into()));
         }
-        let full = utf7::decode(&format!("{reference}{pat}"))
-            .ok_or_else(|| bad("Invalid modified UTF-7 pattern"))?;
+        let mut fulls = Vec::new();
+        for pat in &opts.patterns {
+            let full = utf7::decode(&format!("{}{pat}", opts.reference))
+                .ok_or_else(|| bad("Invalid modified UTF-7 pattern"))?;
+            // INBOX is case-insensitive.
+            let b = full.as_bytes();
+            let inbox = if b.len() >= 5
+                && full[..5].eq_ignore_ascii_case("INBOX")
+                && (b.len() == 5 || b[5] == b'/')
+            {
+                format!("INBOX{}", &full[5..])
+            } else {
+                full.clone()
+            };
+            fulls.push((full, inbox));
+        }
+        let matches = |name: &str| {
+            fulls.iter().any(|(f, i)| {
+                wildcard(f.as_bytes(), name.as_bytes()) || wildcard(i.as_bytes(), name.as_bytes())
+            })
+        };
         let all = self
             .ctx
             .backends
@@ -1278,7 +1486,7 @@ impl Session {
             .list_mailboxes(&self.account())
             .await
             .map_err(store_err)?;
-        // Real mailboxes plus missing superiors (shown \Noselect).
+        // Real mailboxes plus missing superiors (shown \Noselect / \NonExistent).
         let mut names: std::collections::BTreeMap<String, Option<&MailboxInfo>> =
             std::collections::BTreeMap::new();
         for b in &all {
@@ -1289,33 +1497,48 @@ impl Session {
                 p = parent;
             }
         }
-        let pat_inbox = {
-            // INBOX is case-insensitive.
-            let b = full.as_bytes();
-            if b.len() >= 5
-                && full[..5].eq_ignore_ascii_case("INBOX")
-                && (b.len() == 5 || b[5] == b'/')
-            {
-                format!("INBOX{}", &full[5..])
-            } else {
-                full.clone()
-            }
+        let subscribed = |n: &str| {
+            names
+                .get(n)
+                .copied()
+                .flatten()
+                .is_some_and(|i| i.subscribed)
         };
+        let mut status_for = Vec::new();
         for (name, info) in &names {
-            if !wildcard(full.as_bytes(), name.as_bytes())
-                && !wildcard(pat_inbox.as_bytes(), name.as_bytes())
-            {
+            if !matches(name) {
                 continue;
             }
             if lsub && !info.is_some_and(|i| i.subscribed) {
                 continue;
             }
             let prefix = format!("{name}/");
+            let mut childinfo = false;
+            if opts.sel_subscribed && !subscribed(name) {
+                // RFC 5258 §3.5: with RECURSIVEMATCH, a parent of a
+                // subscribed mailbox is listed with CHILDINFO.
+                if opts.recursive_match
+                    && names
+                        .keys()
+                        .any(|n| n.starts_with(&prefix) && subscribed(n))
+                {
+                    childinfo = true;
+                } else {
+                    continue;
+                }
+            }
+            if opts.sel_special_use && info.and_then(|i| i.special_use).is_none() {
+                continue;
+            }
             let has_children = names.keys().any(|n| n.starts_with(&prefix));
             let mut items: Vec<FlagNameAttribute<'static>> = Vec::new();
             let attr = |s: &'static str| FlagNameAttribute::from(Atom::try_from(s).expect("atom"));
             if info.is_none() {
-                items.push(FlagNameAttribute::Noselect);
+                items.push(if extended {
+                    attr("NonExistent")
+                } else {
+                    FlagNameAttribute::Noselect
+                });
             }
             items.push(attr(if has_children {
                 "HasChildren"
@@ -1325,21 +1548,38 @@ impl Session {
             if let Some(su) = info.and_then(|i| i.special_use) {
                 items.push(attr(special_use_attr(su)));
             }
+            if (opts.sel_subscribed || opts.ret_subscribed) && subscribed(name) {
+                items.push(attr("Subscribed"));
+            }
             let mailbox = Self::mailbox_out(name);
-            let d = if lsub {
-                Data::Lsub {
+            if lsub {
+                self.data(Data::Lsub {
                     items,
                     delimiter: delim,
                     mailbox,
-                }
+                });
             } else {
-                Data::List {
+                let mut line = encode(&Response::Data(Data::List {
                     items,
                     delimiter: delim,
                     mailbox,
+                }));
+                if childinfo && line.ends_with(b"\r\n") {
+                    line.truncate(line.len() - 2);
+                    line.extend_from_slice(b" (\"CHILDINFO\" (\"SUBSCRIBED\"))\r\n");
                 }
-            };
-            self.data(d);
+                self.out.extend_from_slice(&line);
+            }
+            if info.is_some() && opts.ret_status.is_some() {
+                status_for.push(name.clone());
+            }
+            // RFC 5819: the STATUS follows its LIST line.
+            if let (Some(items), Some(n)) = (&opts.ret_status, status_for.pop()) {
+                let items = items.clone();
+                if let Err(e) = self.status_of(&n, &items).await {
+                    tracing::debug!(mailbox = %n, reason = %e.text, "imap: LIST-STATUS skipped");
+                }
+            }
         }
         Ok((None, format!("{verb} completed")))
     }
@@ -1350,6 +1590,13 @@ impl Session {
         items: &[StatusDataItemName],
     ) -> Res<(Option<Code<'static>>, String)> {
         let name = self.mailbox_name(m)?;
+        self.status_of(&name, items).await?;
+        Ok((None, "STATUS completed".into()))
+    }
+
+    /// Write the `* STATUS` line of one mailbox.
+    async fn status_of(&mut self, name: &str, items: &[StatusDataItemName]) -> Res<()> {
+        let name = name.to_string();
         let account = self.account();
         let info = self
             .ctx
@@ -1380,7 +1627,6 @@ impl Session {
                 .filter(|m| m.flags.iter().any(|f| f == "\\Deleted"))
         };
         let mut out = Vec::new();
-        let mut modseq = false;
         for i in items {
             match i {
                 StatusDataItemName::Messages => out.push(StatusDataItem::Messages(info.exists)),
@@ -1400,27 +1646,18 @@ impl Session {
                 StatusDataItemName::DeletedStorage => out.push(StatusDataItem::DeletedStorage(
                     deleted().map(|m| m.size).sum(),
                 )),
-                StatusDataItemName::HighestModSeq => modseq = true,
+                StatusDataItemName::HighestModSeq => {
+                    // RFC 7162 §3.1.2.1: a CONDSTORE-enabling command.
+                    self.condstore = true;
+                    out.push(StatusDataItem::HighestModSeq(info.highest_modseq));
+                }
             }
         }
-        let mut line = encode(&Response::Data(Data::Status {
+        self.data(Data::Status {
             mailbox: Self::mailbox_out(&name),
             items: out.into(),
-        }));
-        if modseq {
-            // imap-codec 1.0 cannot encode HIGHESTMODSEQ in STATUS: append it.
-            if line.ends_with(b")\r\n") {
-                line.truncate(line.len() - 3);
-                if !line.ends_with(b"(") {
-                    line.push(b' ');
-                }
-                line.extend_from_slice(
-                    format!("HIGHESTMODSEQ {})\r\n", info.highest_modseq).as_bytes(),
-                );
-            }
-        }
-        self.out.extend_from_slice(&line);
-        Ok((None, "STATUS completed".into()))
+        });
+        Ok(())
     }
 
     /// Refuse if `bytes` more bytes and `count` more messages exceed the quota.
@@ -1522,14 +1759,14 @@ impl Session {
         let n = sel.msgs.len();
         let mut out = BTreeSet::new();
         if uid {
-            let max = sel.msgs.last().map_or(0, |m| m.0);
+            let max = sel.msgs.last().map_or(0, |m| m.uid);
             if n == 0 {
                 return Ok(Vec::new());
             }
             for (a, b) in ranges(set, max) {
-                let start = sel.msgs.partition_point(|m| m.0 < a);
+                let start = sel.msgs.partition_point(|m| m.uid < a);
                 for (i, m) in sel.msgs.iter().enumerate().skip(start) {
-                    if m.0 > b {
+                    if m.uid > b {
                         break;
                     }
                     out.insert(i);
@@ -1559,14 +1796,18 @@ impl Session {
         response: StoreResponse,
         flags: &[Flag<'_>],
         uid: bool,
+        unchanged_since: Option<u64>,
     ) -> Res<(Option<Code<'static>>, String)> {
+        if unchanged_since.is_some() {
+            self.condstore = true;
+        }
         let idx = self.resolve(set, uid)?;
         let sel = self.selected.as_ref().expect("selected");
         if sel.read_only {
             return Err(no(Some("READ-ONLY"), "Mailbox is read-only"));
         }
         let name = sel.name.clone();
-        let uids: Vec<u32> = idx.iter().map(|&i| sel.msgs[i].0).collect();
+        let uids: Vec<u32> = idx.iter().map(|&i| sel.msgs[i].uid).collect();
         let fl: Vec<String> = flags.iter().filter_map(flag_string).collect();
         let op = match kind {
             StoreType::Replace => FlagOp::Set,
@@ -1577,31 +1818,45 @@ impl Session {
             .ctx
             .backends
             .meta
-            .store_flags(&self.account(), &name, &uids, op, &fl, None)
+            .store_flags(&self.account(), &name, &uids, op, &fl, unchanged_since)
             .await
             .map_err(store_err)?;
         let silent = matches!(response, StoreResponse::Silent);
         let mut lines = Vec::new();
-        if let Some(sel) = self.selected.as_mut() {
+        let mut modified = Vec::new();
+        let mut changed = false;
+        if let Some(mut sel) = self.selected.take() {
             for u in &updates {
-                if let Some(i) = sel.seq_of(u.uid) {
-                    sel.msgs[i].1.clone_from(&u.flags);
-                    if !silent {
-                        let fl = fetch::flags_list(&u.flags);
-                        lines.push(if uid {
-                            format!("* {} FETCH (UID {} FLAGS ({fl}))\r\n", i + 1, u.uid)
-                        } else {
-                            format!("* {} FETCH (FLAGS ({fl}))\r\n", i + 1)
-                        });
-                    }
+                let Some(i) = sel.seq_of(u.uid) else { continue };
+                if !u.applied {
+                    modified.push(if uid { u.uid } else { i as u32 + 1 });
+                    continue;
+                }
+                let sm = &mut sel.msgs[i];
+                changed |= sm.modseq != u.modseq;
+                sm.flags.clone_from(&u.flags);
+                sm.modseq = u.modseq;
+                // RFC 7162 §3.1.3: a conditional STORE reports the new MODSEQ
+                // even when .SILENT.
+                if !silent || unchanged_since.is_some() {
+                    lines.push(self.flags_fetch(i + 1, uid.then_some(u.uid), &u.flags, u.modseq));
                 }
             }
+            self.selected = Some(sel);
         }
         for l in lines {
             self.raw(&l);
         }
-        if !updates.is_empty() {
+        if changed {
             self.publish(&name, "flags");
+        }
+        if !modified.is_empty() {
+            modified.sort_unstable();
+            let set = uid_set(&modified);
+            let code = SequenceSet::try_from(set.as_str())
+                .map(Code::Modified)
+                .unwrap_or_else(|_| code_other(&format!("MODIFIED {set}")));
+            return Ok((Some(code), "Conditional STORE failed".into()));
         }
         Ok((None, "STORE completed".into()))
     }
@@ -1621,7 +1876,7 @@ impl Session {
             Some(set) => Some(
                 self.resolve(set, true)?
                     .into_iter()
-                    .map(|i| sel.msgs[i].0)
+                    .map(|i| sel.msgs[i].uid)
                     .collect(),
             ),
             None => None,
@@ -1658,19 +1913,17 @@ impl Session {
     }
 
     fn remove_from_snapshot(&mut self, removed: &[u32], tell: bool) {
-        let mut lines = Vec::new();
+        let mut gone = Vec::new();
         if let Some(sel) = self.selected.as_mut() {
             for u in removed {
                 if let Some(i) = sel.seq_of(*u) {
                     sel.msgs.remove(i);
-                    lines.push(format!("* {} EXPUNGE\r\n", i + 1));
+                    gone.push((i + 1, *u));
                 }
             }
         }
         if tell {
-            for l in lines {
-                self.raw(&l);
-            }
+            self.tell_expunged(&gone);
         }
     }
 
@@ -1697,7 +1950,7 @@ impl Session {
             return Err(no(Some("READ-ONLY"), "Mailbox is read-only"));
         }
         let src = sel.name.clone();
-        let uids: Vec<u32> = idx.iter().map(|&i| sel.msgs[i].0).collect();
+        let uids: Vec<u32> = idx.iter().map(|&i| sel.msgs[i].uid).collect();
         let meta = self.ctx.backends.meta.clone();
         let Some(tinfo) = meta
             .get_mailbox(&account, &target)
@@ -1789,7 +2042,7 @@ impl Session {
         }
     }
 
-    async fn quota_data(&mut self) -> Res<Option<NonEmptyVec<QuotaGet<'static>>>> {
+    async fn quota_data(&mut self) -> Res<Option<Vec1<QuotaGet<'static>>>> {
         let account = self.account();
         let meta = &self.ctx.backends.meta;
         let acct = meta
@@ -1809,7 +2062,7 @@ impl Session {
         if let Some(max) = acct.quota.max_messages {
             q.push(QuotaGet::new(Resource::Message, usage.messages, max));
         }
-        Ok(NonEmptyVec::try_from(q).ok())
+        Ok(Vec1::try_from(q).ok())
     }
 
     async fn get_quota_root(&mut self, m: &Mailbox<'_>) -> Res<(Option<Code<'static>>, String)> {

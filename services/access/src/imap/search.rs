@@ -27,6 +27,16 @@ fn needs_bytes(k: &SearchKey<'_>) -> bool {
     }
 }
 
+fn has_modseq(k: &SearchKey<'_>) -> bool {
+    match k {
+        SearchKey::And(v) => v.as_ref().iter().any(has_modseq),
+        SearchKey::Not(k) => has_modseq(k),
+        SearchKey::Or(a, b) => has_modseq(a) || has_modseq(b),
+        SearchKey::ModSequence { .. } => true,
+        _ => false,
+    }
+}
+
 fn lower(b: &[u8]) -> String {
     String::from_utf8_lossy(b).to_lowercase()
 }
@@ -136,6 +146,9 @@ impl Msg<'_> {
             SearchKey::And(v) => v.as_ref().iter().all(|k| self.eval(k)),
             SearchKey::Or(a, b) => self.eval(a) || self.eval(b),
             SearchKey::Not(k) => !self.eval(k),
+            // Per-flag MODSEQs (entry names) are not kept: the message's MODSEQ
+            // stands for all of them, as RFC 7162 §3.1.5 allows.
+            SearchKey::ModSequence { modseq, .. } => self.meta.modseq >= *modseq,
             SearchKey::SequenceSet(set) => ranges(set, self.max_seq)
                 .iter()
                 .any(|&(a, b)| a <= self.seq && self.seq <= b),
@@ -197,7 +210,7 @@ impl Session {
     pub(crate) async fn search(
         &mut self,
         charset: Option<&str>,
-        key: &SearchKey<'_>,
+        keys: &[SearchKey<'_>],
         uid: bool,
     ) -> Res<(Option<Code<'static>>, String)> {
         if let Some(c) = charset
@@ -215,7 +228,7 @@ impl Session {
             .as_ref()
             .ok_or_else(|| bad("No mailbox selected"))?;
         let name = sel.name.clone();
-        let snapshot: Vec<u32> = sel.msgs.iter().map(|m| m.0).collect();
+        let snapshot: Vec<u32> = sel.msgs.iter().map(|m| m.uid).collect();
         let metas: std::collections::HashMap<u32, MessageMeta> = self
             .ctx
             .backends
@@ -226,7 +239,12 @@ impl Session {
             .into_iter()
             .map(|m| (m.uid, m))
             .collect();
-        let read = needs_bytes(key);
+        let read = keys.iter().any(needs_bytes);
+        let modseq_key = keys.iter().any(has_modseq);
+        if modseq_key {
+            self.condstore = true;
+        }
+        let mut top_modseq = 0u64;
         let max_seq = snapshot.len() as u32;
         let max_uid = snapshot.last().copied().unwrap_or(0);
         let mut hits = Vec::new();
@@ -250,13 +268,63 @@ impl Session {
                 parsed,
                 raw: &raw,
             };
-            if m.eval(key)
+            if keys.iter().all(|k| m.eval(k))
                 && let Some(n) = std::num::NonZeroU32::new(if uid { *u } else { i as u32 + 1 })
             {
                 hits.push(n);
+                top_modseq = top_modseq.max(meta.modseq);
             }
         }
-        self.data(Data::Search(hits));
+        // RFC 7162 §3.1.5: with MODSEQ in the criteria, the highest MODSEQ of the hits.
+        let modseq = if modseq_key {
+            std::num::NonZeroU64::new(top_modseq)
+        } else {
+            None
+        };
+        match self.esearch.take() {
+            Some(ret) => self.esearch_response(&ret, &hits, uid, modseq),
+            None => self.data(Data::Search(hits, modseq)),
+        }
         Ok((None, "SEARCH completed".into()))
+    }
+}
+
+impl Session {
+    /// RFC 4731 §3.1: `* ESEARCH (TAG "t") [UID] MIN MAX COUNT ALL [MODSEQ]`.
+    fn esearch_response(
+        &mut self,
+        ret: &super::ext::SearchReturn,
+        hits: &[std::num::NonZeroU32],
+        uid: bool,
+        modseq: Option<std::num::NonZeroU64>,
+    ) {
+        let mut line = format!("* ESEARCH (TAG \"{}\")", self.cur_tag);
+        if uid {
+            line.push_str(" UID");
+        }
+        let nums: Vec<u32> = hits.iter().map(|n| n.get()).collect();
+        if ret.min
+            && let Some(m) = nums.first()
+        {
+            line.push_str(&format!(" MIN {m}"));
+        }
+        if ret.max
+            && let Some(m) = nums.last()
+        {
+            line.push_str(&format!(" MAX {m}"));
+        }
+        if ret.count {
+            line.push_str(&format!(" COUNT {}", nums.len()));
+        }
+        if ret.all && !nums.is_empty() {
+            line.push_str(&format!(" ALL {}", super::uid_set(&nums)));
+        }
+        if let Some(m) = modseq
+            && !nums.is_empty()
+        {
+            line.push_str(&format!(" MODSEQ {m}"));
+        }
+        line.push_str("\r\n");
+        self.raw(&line);
     }
 }
