@@ -178,6 +178,18 @@ impl Structure {
                 SectionText::Mime => None,
             };
         }
+        let part = self.part(path)?;
+        match what {
+            SectionText::Body => Some(part.body),
+            SectionText::Mime => Some(part.header),
+            SectionText::Header => part.message.as_ref().map(|m| m.1.header),
+            SectionText::Text => part.message.as_ref().map(|m| (m.1.header.1, part.body.1)),
+        }
+    }
+
+    /// The part with IMAP part number `path` (non-empty); `None` if it does
+    /// not exist.
+    pub fn part(&self, path: &[u32]) -> Option<&Part> {
         // `container` is the body of the current (encapsulated) message or a
         // multipart whose children the next number picks.
         let mut container = &self.body;
@@ -202,13 +214,7 @@ impl Structure {
                 };
             }
         }
-        let part = part?;
-        match what {
-            SectionText::Body => Some(part.body),
-            SectionText::Mime => Some(part.header),
-            SectionText::Header => part.message.as_ref().map(|m| m.1.header),
-            SectionText::Text => part.message.as_ref().map(|m| (m.1.header.1, part.body.1)),
-        }
+        part
     }
 }
 

@@ -230,6 +230,39 @@ async fn restore(b: &Backends) {
     }
 }
 
+/// Put the store back into its initial state: only the base mailboxes,
+/// all empty except INBOX with the seed messages. For replaying seeds whose
+/// transcripts are checked.
+pub fn reset_store() {
+    let h = harness();
+    h.rt.block_on(async {
+        let meta = &h.backends.meta;
+        let Ok(boxes) = meta.list_mailboxes(USER).await else {
+            return;
+        };
+        let mut extra = Vec::new();
+        for m in boxes {
+            if BASE_MAILBOXES
+                .iter()
+                .any(|b| b.eq_ignore_ascii_case(&m.name))
+            {
+                if let Ok(msgs) = meta.fetch(USER, &m.name, 1, u32::MAX).await {
+                    let uids: Vec<u32> = msgs.iter().map(|m| m.uid).collect();
+                    let _ = meta.expunge(USER, &m.name, &uids).await;
+                }
+            } else {
+                extra.push(m.name);
+            }
+        }
+        extra.sort_by_key(|n| std::cmp::Reverse(n.matches('/').count()));
+        for name in extra {
+            let _ = meta.delete_mailbox(USER, &name).await;
+        }
+        // INBOX is empty now: restore() refills it.
+        restore(&h.backends).await;
+    });
+}
+
 /// Run one POP3 session with `data` as everything the client sends.
 pub fn pop3_session(data: &[u8]) {
     session(Protocol::Pop3, data);

@@ -193,7 +193,7 @@ async fn rfc3501_sample_session() {
     assert_eq!(
         r,
         vec![
-            "* CAPABILITY IMAP4rev1 LITERAL+ SASL-IR AUTH=PLAIN ENABLE IDLE UIDPLUS MOVE UNSELECT NAMESPACE ID CHILDREN SPECIAL-USE QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE CONDSTORE QRESYNC ESEARCH LIST-EXTENDED LIST-STATUS",
+            "* CAPABILITY IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR AUTH=PLAIN ENABLE IDLE UIDPLUS MOVE UNSELECT NAMESPACE ID CHILDREN SPECIAL-USE QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE CONDSTORE QRESYNC ESEARCH LIST-EXTENDED LIST-STATUS BINARY STATUS=SIZE SEARCHRES",
             "abcd OK CAPABILITY completed"
         ]
     );
@@ -940,9 +940,141 @@ async fn list_extended_status_and_esearch() {
         r,
         vec!["* ESEARCH (TAG \"o\") ALL 3", "o OK SEARCH completed"]
     );
-    let r = c.cmd("p SEARCH RETURN (SAVE) ALL").await;
+    let r = c.cmd("p SEARCH RETURN (PARTIAL 1:5) ALL").await;
     assert!(r[0].starts_with("p BAD"), "{r:?}");
     // A plain SEARCH afterwards is plain again.
     let r = c.cmd("q SEARCH SEEN").await;
     assert_eq!(r, vec!["* SEARCH 2 4", "q OK SEARCH completed"]);
+}
+
+/// RFC 9051 IMAP4rev2 after `ENABLE IMAP4rev2`; RFC 3516 BINARY; RFC 8438
+/// STATUS=SIZE.
+#[tokio::test]
+async fn imap4rev2_binary_and_status_size() {
+    let s = server(|_| {}).await;
+    s.deliver("INBOX", MULTI, &[], 1_700_000_000).await;
+    s.deliver(
+        "INBOX",
+        "Subject: two\r\n\r\nx\r\n",
+        &["\\Seen"],
+        1_700_000_000,
+    )
+    .await;
+    let mut c = s.logged_in().await;
+    // BINARY works in rev1 too: the base64 part decodes to 00 01 02 (literal8).
+    c.cmd("a SELECT INBOX").await;
+    c.send("b FETCH 1 (BINARY.PEEK[2] BINARY.SIZE[2] BINARY.SIZE[1])\r\n")
+        .await;
+    let mut raw = Vec::new();
+    loop {
+        let mut l = Vec::new();
+        let n = tokio::io::AsyncBufReadExt::read_until(&mut c.r, b'\n', &mut l)
+            .await
+            .unwrap();
+        assert!(n > 0);
+        raw.extend_from_slice(&l);
+        if l.starts_with(b"b ") {
+            break;
+        }
+    }
+    assert_eq!(
+        raw,
+        b"* 1 FETCH (BINARY[2] ~{3}\r\n\x00\x01\x02 BINARY.SIZE[2] 3 BINARY.SIZE[1] 8)\r\nb OK FETCH completed\r\n"
+    );
+    let r = c.cmd("c FETCH 1 (BINARY.PEEK[9])").await;
+    assert!(r.last().unwrap().starts_with("c NO [NONEXISTENT]"), "{r:?}");
+    let size: u64 = (MULTI.len() + "Subject: two\r\n\r\nx\r\n".len()) as u64;
+    let r = c.cmd("d STATUS INBOX (MESSAGES SIZE)").await;
+    assert_eq!(r[0], format!("* STATUS INBOX (MESSAGES 2 SIZE {size})"));
+    c.cmd("e UNSELECT").await;
+    let r = c.cmd("f ENABLE IMAP4rev2").await;
+    assert_eq!(r, vec!["* ENABLED IMAP4rev2", "f OK ENABLE completed"]);
+    // SELECT: no RECENT, no UNSEEN code; a LIST response with the name.
+    let r = c.cmd("g SELECT INBOX").await;
+    assert!(
+        !r.iter()
+            .any(|l| l.contains("RECENT") || l.contains("UNSEEN")),
+        "{r:?}"
+    );
+    assert!(r.contains(&"* LIST () \"/\" INBOX".to_string()), "{r:?}");
+    // SEARCH answers ESEARCH.
+    let r = c.cmd("h SEARCH SEEN").await;
+    assert_eq!(
+        r,
+        vec!["* ESEARCH (TAG \"h\") ALL 2", "h OK SEARCH completed"]
+    );
+    let r = c.cmd("i UID SEARCH DELETED").await;
+    assert_eq!(
+        r,
+        vec!["* ESEARCH (TAG \"i\") UID", "i OK SEARCH completed"]
+    );
+    // UTF-8 mailbox names, no modified UTF-7.
+    let r = c.cmd("j CREATE \"Entwürfe\"").await;
+    assert_eq!(r, vec!["j OK CREATE completed"], "{r:?}");
+    let r = c.cmd("k LIST \"\" \"Entw*\"").await;
+    assert_eq!(r.len(), 2, "{r:?}");
+    assert!(r[0].starts_with("* LIST (\\HasNoChildren) \"/\" "), "{r:?}");
+    assert!(r[0].contains("Entwürfe"), "{r:?}");
+    // The same mailbox, seen from a rev1 session, in modified UTF-7.
+    let mut c1 = s.logged_in().await;
+    let r = c1.cmd("l LIST \"\" \"Entw*\"").await;
+    assert_eq!(r[0], "* LIST (\\HasNoChildren) \"/\" Entw&APw-rfe");
+}
+
+/// RFC 5182 SEARCHRES: `SEARCH RETURN (SAVE)` and `$`.
+#[tokio::test]
+async fn searchres_saved_result() {
+    let s = server(|_| {}).await;
+    for i in 1..=5 {
+        let flags: &[&str] = if i >= 4 { &["\\Flagged"] } else { &[] };
+        s.deliver(
+            "INBOX",
+            &format!("Subject: m{i}\r\n\r\nbody\r\n"),
+            flags,
+            1_700_000_000,
+        )
+        .await;
+    }
+    let mut c = s.logged_in().await;
+    c.cmd("a SELECT INBOX").await;
+    // SAVE alone: no ESEARCH response.
+    let r = c.cmd("b UID SEARCH RETURN (SAVE) FLAGGED").await;
+    assert_eq!(r, vec!["b OK SEARCH completed"]);
+    let r = c.cmd("c FETCH $ (UID)").await;
+    assert_eq!(
+        r,
+        vec![
+            "* 4 FETCH (UID 4)",
+            "* 5 FETCH (UID 5)",
+            "c OK FETCH completed"
+        ]
+    );
+    let r = c.cmd("d SEARCH OR $ 1 NOT DELETED").await;
+    assert_eq!(r, vec!["* SEARCH 1 4 5", "d OK SEARCH completed"]);
+    let r = c.cmd("e UID STORE $ +FLAGS.SILENT (\\Seen)").await;
+    assert_eq!(r, vec!["e OK STORE completed"]);
+    let r = c.cmd("f SEARCH SEEN").await;
+    assert_eq!(r, vec!["* SEARCH 4 5", "f OK SEARCH completed"]);
+    // SAVE with MIN: only the minimum is saved; other options still answered.
+    let r = c.cmd("g SEARCH RETURN (SAVE MIN) ALL").await;
+    assert_eq!(
+        r,
+        vec!["* ESEARCH (TAG \"g\") MIN 1", "g OK SEARCH completed"]
+    );
+    let r = c.cmd("h UID FETCH $ (FLAGS)").await;
+    assert_eq!(
+        r,
+        vec!["* 1 FETCH (UID 1 FLAGS ())", "h OK FETCH completed"]
+    );
+    // An empty saved result: commands on `$` act on nothing.
+    c.cmd("i SEARCH RETURN (SAVE) DELETED").await;
+    let r = c.cmd("j FETCH $ (UID)").await;
+    assert_eq!(r, vec!["j OK FETCH completed"]);
+    let r = c.cmd("k SEARCH $").await;
+    assert_eq!(r, vec!["* SEARCH", "k OK SEARCH completed"]);
+    // A new SELECT forgets the saved result.
+    c.cmd("l SEARCH RETURN (SAVE) ALL").await;
+    c.cmd("m SELECT INBOX").await;
+    let r = c.cmd("n SEARCH $").await;
+    assert_eq!(r, vec!["* SEARCH", "n OK SEARCH completed"]);
 }

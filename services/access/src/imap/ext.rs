@@ -19,6 +19,8 @@ pub(crate) struct SearchReturn {
     pub max: bool,
     pub all: bool,
     pub count: bool,
+    /// RFC 5182 SEARCHRES: keep the result for `$`.
+    pub save: bool,
 }
 
 impl SearchReturn {
@@ -30,11 +32,12 @@ impl SearchReturn {
                 "MAX" => r.max = true,
                 "ALL" => r.all = true,
                 "COUNT" => r.count = true,
+                "SAVE" => r.save = true,
                 _ => return None,
             }
         }
         // `RETURN ()` means `RETURN (ALL)`.
-        if !(r.min || r.max || r.count) {
+        if opts.is_empty() {
             r.all = true;
         }
         Some(r)
@@ -107,6 +110,78 @@ pub(crate) fn strip_search_return(line: &[u8]) -> Option<Result<(Vec<u8>, Search
     let mut out = line[..ret_at].to_vec();
     out.extend_from_slice(rest_bytes);
     Some(Ok((out, ret)))
+}
+
+/// RFC 5182 `$` (the saved search result) in the first line of a command:
+/// where it stands for a sequence set, replace it by `replacement(uid,
+/// in_search)`. Returns the new line, or `None` if there is no `$` to
+/// replace.
+pub(crate) fn substitute_dollar(
+    line: &[u8],
+    replacement: impl Fn(bool, bool) -> String,
+) -> Option<Vec<u8>> {
+    if !line.contains(&b'$') {
+        return None;
+    }
+    // Tokens of the line outside quoted strings, with their byte ranges.
+    let mut toks: Vec<(usize, usize)> = Vec::new();
+    let mut i = 0;
+    while i < line.len() {
+        match line[i] {
+            b' ' | b'(' | b')' | b'\r' | b'\n' => i += 1,
+            b'"' => {
+                i += 1;
+                while i < line.len() && line[i] != b'"' {
+                    i += if line[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'{' => break, // a literal: the rest of the line is its announcement
+            _ => {
+                let start = i;
+                while i < line.len() && !matches!(line[i], b' ' | b'(' | b')' | b'\r' | b'\n') {
+                    i += 1;
+                }
+                toks.push((start, i));
+            }
+        }
+    }
+    let word = |k: usize| -> String {
+        toks.get(k)
+            .map(|&(a, b)| String::from_utf8_lossy(&line[a..b]).to_ascii_uppercase())
+            .unwrap_or_default()
+    };
+    let (uid, cmd_at) = if word(1) == "UID" {
+        (true, 2)
+    } else {
+        (false, 1)
+    };
+    let cmd = word(cmd_at);
+    let targets: Vec<usize> = match cmd.as_str() {
+        "FETCH" | "STORE" | "COPY" | "MOVE" => vec![cmd_at + 1],
+        "EXPUNGE" if uid => vec![cmd_at + 1],
+        "SEARCH" => (cmd_at + 1..toks.len()).collect(),
+        _ => return None,
+    };
+    let search = cmd == "SEARCH";
+    let mut out = Vec::with_capacity(line.len() + 16);
+    let mut last = 0;
+    let mut any = false;
+    for k in targets {
+        let Some(&(a, b)) = toks.get(k) else { continue };
+        if &line[a..b] != b"$" {
+            continue;
+        }
+        out.extend_from_slice(&line[last..a]);
+        out.extend_from_slice(replacement(uid, search).as_bytes());
+        last = b;
+        any = true;
+    }
+    if !any {
+        return None;
+    }
+    out.extend_from_slice(&line[last..]);
+    Some(out)
 }
 
 /// One token of a LIST line: a quoted string (kept with its quotes), an
@@ -313,10 +388,13 @@ mod tests {
             .unwrap();
         assert_eq!(line, b"a uid search SUBJECT {3}\r\n");
         assert!(r.all);
+        let (_, r) = strip_search_return(b"a SEARCH RETURN (SAVE) ALL\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(r.save && !r.all);
         assert!(
-            strip_search_return(b"a SEARCH RETURN (SAVE) ALL\r\n")
-                .unwrap()
-                .is_err()
+            strip_search_return(b"a SEARCH RETURN (PARTIAL 1:5) ALL\r\n")
+                .is_some_and(|r| r.is_err())
         );
         assert!(
             strip_search_return(b"a SEARCH RETURN ALL\r\n")
@@ -324,6 +402,32 @@ mod tests {
                 .is_err()
         );
         assert!(strip_search_return(b"a SEARCH ALL\r\n").is_none());
+    }
+
+    #[test]
+    fn dollar_is_replaced_where_it_is_a_set() {
+        let rep = |uid: bool, search: bool| match (uid, search) {
+            (_, true) => "UID 4:5".to_string(),
+            (true, false) => "4:5".to_string(),
+            (false, false) => "2:3".to_string(),
+        };
+        let f =
+            |l: &str| substitute_dollar(l.as_bytes(), rep).map(|v| String::from_utf8(v).unwrap());
+        assert_eq!(
+            f("a FETCH $ (FLAGS)\r\n").unwrap(),
+            "a FETCH 2:3 (FLAGS)\r\n"
+        );
+        assert_eq!(
+            f("a UID COPY $ Trash\r\n").unwrap(),
+            "a UID COPY 4:5 Trash\r\n"
+        );
+        assert_eq!(
+            f("a SEARCH SUBJECT \"$\" OR $ SEEN\r\n").unwrap(),
+            "a SEARCH SUBJECT \"$\" OR UID 4:5 SEEN\r\n"
+        );
+        assert!(f("a STORE 1 +FLAGS ($)\r\n").is_none());
+        assert!(f("a SELECT $\r\n").is_none());
+        assert!(f("a FETCH 1 (FLAGS)\r\n").is_none());
     }
 
     #[test]

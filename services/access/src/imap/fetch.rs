@@ -9,9 +9,10 @@ use imap_codec::imap_types::body::{
     SinglePartExtensionData, SpecificFields,
 };
 use imap_codec::imap_types::command::FetchModifier;
-use imap_codec::imap_types::core::{IString, Literal, NString, Vec1};
+use imap_codec::imap_types::core::{IString, Literal, LiteralMode, NString, NString8, Vec1};
 use imap_codec::imap_types::datetime::DateTime;
 use imap_codec::imap_types::envelope::{Address, Envelope};
+use imap_codec::imap_types::extensions::binary::Literal8;
 use imap_codec::imap_types::fetch::{
     MacroOrMessageDataItemNames, MessageDataItem, MessageDataItemName, Part, Section,
 };
@@ -292,14 +293,6 @@ impl Session {
         if uid && !names.contains(&MessageDataItemName::Uid) {
             names.insert(0, MessageDataItemName::Uid);
         }
-        if names.iter().any(|n| {
-            matches!(
-                n,
-                MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. }
-            )
-        }) {
-            return Err(bad("BINARY is not supported"));
-        }
         // RFC 7162 §3.1.4.1: CHANGEDSINCE implies MODSEQ; asking for it enables CONDSTORE.
         if changed_since.is_some() && !names.contains(&MessageDataItemName::ModSeq) {
             names.push(MessageDataItemName::ModSeq);
@@ -326,6 +319,8 @@ impl Session {
                     | MessageDataItemName::Rfc822
                     | MessageDataItemName::Rfc822Header
                     | MessageDataItemName::Rfc822Text
+                    | MessageDataItemName::Binary { .. }
+                    | MessageDataItemName::BinarySize { .. }
             )
         });
         let needs_structure = needs_bytes
@@ -342,6 +337,7 @@ impl Session {
                 matches!(
                     n,
                     MessageDataItemName::BodyExt { peek: false, .. }
+                        | MessageDataItemName::Binary { peek: false, .. }
                         | MessageDataItemName::Rfc822
                         | MessageDataItemName::Rfc822Text
                 )
@@ -423,8 +419,35 @@ impl Session {
                         Some(n) => MessageDataItem::ModSeq(n),
                         None => continue,
                     },
-                    MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. } => {
-                        continue;
+                    MessageDataItemName::Binary {
+                        section, partial, ..
+                    } => {
+                        let (Some(st), Some(b)) = (&st, &bytes) else {
+                            continue;
+                        };
+                        let data = binary_bytes(st, b, section)?;
+                        let data = match partial {
+                            Some((start, len)) => {
+                                let s = (*start as usize).min(data.len());
+                                let e = s.saturating_add(len.get() as usize).min(data.len());
+                                data[s..e].to_vec()
+                            }
+                            None => data,
+                        };
+                        MessageDataItem::Binary {
+                            section: section.clone(),
+                            value: nstring8(data),
+                        }
+                    }
+                    MessageDataItemName::BinarySize { section } => {
+                        let (Some(st), Some(b)) = (&st, &bytes) else {
+                            continue;
+                        };
+                        let size = binary_bytes(st, b, section)?.len();
+                        MessageDataItem::BinarySize {
+                            section: section.clone(),
+                            size: u32::try_from(size).unwrap_or(u32::MAX),
+                        }
                     }
                     MessageDataItemName::Flags => {
                         flags_sent = true;
@@ -561,6 +584,46 @@ impl Session {
             self.out.extend_from_slice(line.as_bytes());
         }
         Ok(())
+    }
+}
+
+/// RFC 3516 / RFC 9051 §6.4.5: the content of `BINARY[section]`, with the
+/// part's Content-Transfer-Encoding removed. `BINARY[]` is the whole message.
+fn binary_bytes(st: &Structure, bytes: &[u8], section: &[NonZeroU32]) -> Res<Vec<u8>> {
+    if section.is_empty() {
+        return Ok(bytes.to_vec());
+    }
+    let path: Vec<u32> = section.iter().map(|n| n.get()).collect();
+    let (Some(part), Some(range)) = (st.part(&path), st.section_range(&path, SectionText::Body))
+    else {
+        return Err(no(Some("NONEXISTENT"), "No such message part"));
+    };
+    let raw = slice(bytes, Some(range));
+    let decoded = match part.encoding.to_ascii_lowercase().as_str() {
+        "" | "7bit" | "8bit" | "binary" => Some(raw),
+        "base64" => mail_parser::decoders::base64::base64_decode(&raw),
+        "quoted-printable" => {
+            mail_parser::decoders::quoted_printable::quoted_printable_decode(&raw)
+        }
+        _ => None,
+    };
+    decoded.ok_or_else(|| {
+        no(
+            Some("UNKNOWN-CTE"),
+            "Cannot decode this part's Content-Transfer-Encoding",
+        )
+    })
+}
+
+/// A BINARY value: a literal8 (`~{n}`) if it holds NUL, else a literal.
+fn nstring8(data: Vec<u8>) -> NString8<'static> {
+    if data.contains(&0) {
+        NString8::Literal8(Literal8 {
+            data: data.into(),
+            mode: LiteralMode::Sync,
+        })
+    } else {
+        NString8::NString(literal(&data))
     }
 }
 

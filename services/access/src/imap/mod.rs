@@ -79,6 +79,9 @@ pub async fn run(ctx: Arc<Ctx>, stream: Box<dyn Io>, peer: Peer, shutdown: watch
         qresync: false,
         esearch: None,
         cur_tag: String::new(),
+        rev2: false,
+        saved: Vec::new(),
+        dollar_empty: false,
     };
     let caps = s.capabilities().join(" ");
     s.raw(&format!("* OK [CAPABILITY {caps}] Posthorn IMAP ready\r\n"));
@@ -145,6 +148,12 @@ pub(crate) struct Session {
     esearch: Option<ext::SearchReturn>,
     /// Tag of the command being executed (for ESEARCH's TAG).
     cur_tag: String,
+    /// RFC 9051: `ENABLE IMAP4rev2` was given.
+    rev2: bool,
+    /// RFC 5182: the saved search result (UIDs), for `$`.
+    saved: Vec<u32>,
+    /// The current command's `$` stood for an empty set.
+    dollar_empty: bool,
 }
 
 /// How reading a command ended.
@@ -316,7 +325,12 @@ fn wildcard(pat: &[u8], name: &[u8]) -> bool {
 
 impl Session {
     fn capabilities(&self) -> Vec<String> {
-        let mut caps = vec!["IMAP4rev1".to_string(), "LITERAL+".into(), "SASL-IR".into()];
+        let mut caps = vec![
+            "IMAP4rev1".to_string(),
+            "IMAP4rev2".into(),
+            "LITERAL+".into(),
+            "SASL-IR".into(),
+        ];
         if !self.tls && self.ctx.tls.is_some() && self.account.is_none() {
             caps.push("STARTTLS".into());
         }
@@ -345,6 +359,9 @@ impl Session {
             "ESEARCH",
             "LIST-EXTENDED",
             "LIST-STATUS",
+            "BINARY",
+            "STATUS=SIZE",
+            "SEARCHRES",
         ] {
             caps.push(c.into());
         }
@@ -449,6 +466,7 @@ impl Session {
         let mut literals = 0;
         let max_append = self.ctx.cfg.access.max_append_size;
         self.esearch = None;
+        self.dollar_empty = false;
         loop {
             let Some(i) = self.rbuf[pos..].iter().position(|&c| c == b'\n') else {
                 if self.rbuf.len() - pos > MAX_LINE {
@@ -474,6 +492,25 @@ impl Session {
                     Some(Err(())) => {
                         let line: Vec<u8> = self.rbuf.drain(..line_end).collect();
                         return Read::Bad(guess_tag(&line), line, "Bad SEARCH RETURN options");
+                    }
+                }
+                if self.rbuf[..line_end].contains(&b'$') {
+                    let (uids, seqs) = self.saved_sets();
+                    let empty = uids.is_empty();
+                    let sub = ext::substitute_dollar(&self.rbuf[..line_end], |uid, search| {
+                        match (search, uid, empty) {
+                            // No UID can be 4294967295 (UIDNEXT stays below it).
+                            (true, _, true) => "UID 4294967295".to_string(),
+                            (true, _, false) => format!("UID {uids}"),
+                            (false, _, true) => "1".to_string(),
+                            (false, true, false) => uids.clone(),
+                            (false, false, false) => seqs.clone(),
+                        }
+                    });
+                    if let Some(line) = sub {
+                        self.rbuf.splice(..line_end, line.iter().copied());
+                        line_end = line.len();
+                        self.dollar_empty = empty;
                     }
                 }
             }
@@ -801,6 +838,7 @@ impl Session {
                             self.condstore = true;
                             &mut self.qresync
                         }
+                        "IMAP4REV2" => &mut self.rev2,
                         _ => continue,
                     };
                     if !*flag {
@@ -954,22 +992,42 @@ impl Session {
             Mailbox::Other(o) => o.inner().as_ref().to_vec(),
         };
         let s = String::from_utf8(raw).map_err(|_| bad("Mailbox name is not UTF-8"))?;
-        let decoded = utf7::decode(&s).ok_or_else(|| bad("Invalid modified UTF-7 name"))?;
+        let decoded = if self.rev2 {
+            s
+        } else {
+            utf7::decode(&s).ok_or_else(|| bad("Invalid modified UTF-7 name"))?
+        };
         let trimmed = decoded.strip_suffix('/').unwrap_or(&decoded);
         posthorn_mailbox_store::validate_mailbox_name(trimmed)
             .map_err(|e| no(Some("CANNOT"), format!("{e}")))
     }
 
-    fn mailbox_out(name: &str) -> Mailbox<'static> {
+    fn mailbox_out(&self, name: &str) -> Mailbox<'static> {
         if name == "INBOX" {
             return Mailbox::Inbox;
         }
-        let enc = utf7::encode(name);
+        // IMAP4rev2 (RFC 9051 §5.1): UTF-8 names (quoted) instead of modified UTF-7.
+        if self.rev2 && !name.is_ascii() {
+            use imap_codec::imap_types::core::IString;
+            use imap_codec::imap_types::extensions::utf8::QuotedUtf8;
+            use imap_codec::imap_types::mailbox::MailboxOther;
+            if let Ok(q) = QuotedUtf8::try_from(name.to_string())
+                && let Ok(o) = MailboxOther::try_from(AString::String(IString::QuotedUtf8(q)))
+            {
+                return Mailbox::Other(o);
+            }
+        }
+        let enc = if self.rev2 {
+            name.to_string()
+        } else {
+            utf7::encode(name)
+        };
         Mailbox::try_from(enc).unwrap_or(Mailbox::Inbox)
     }
 
     fn unselect(&mut self) {
         self.selected = None;
+        self.saved.clear();
     }
 
     async fn select(
@@ -999,6 +1057,7 @@ impl Session {
                 }
             }
         }
+        self.saved.clear();
         if self.selected.take().is_some() {
             // RFC 7162 §3.2.11: the boundary between the two mailboxes' responses.
             self.untagged_ok(Some(Code::Closed), "Previous mailbox closed");
@@ -1045,13 +1104,16 @@ impl Session {
         }
         self.untagged_ok(Some(Code::PermanentFlags(perm)), "Flags permitted");
         self.data(Data::Exists(msgs.len() as u32));
-        self.data(Data::Recent(0));
-        if let Some(p) = msgs
-            .iter()
-            .position(|m| !m.flags.iter().any(|f| f == "\\Seen"))
-            && let Ok(c) = Code::unseen(p as u32 + 1)
-        {
-            self.untagged_ok(Some(c), "First unseen");
+        // IMAP4rev2 has neither RECENT nor the UNSEEN code (RFC 9051 §6.3.2).
+        if !self.rev2 {
+            self.data(Data::Recent(0));
+            if let Some(p) = msgs
+                .iter()
+                .position(|m| !m.flags.iter().any(|f| f == "\\Seen"))
+                && let Ok(c) = Code::unseen(p as u32 + 1)
+            {
+                self.untagged_ok(Some(c), "First unseen");
+            }
         }
         if let Ok(c) = Code::uidvalidity(info.uidvalidity) {
             self.untagged_ok(Some(c), "UIDs valid");
@@ -1067,6 +1129,15 @@ impl Session {
         {
             self.qresync_changes(&account, &name, &info, &msgs, since, known.as_ref())
                 .await?;
+        }
+        if self.rev2 {
+            // RFC 9051 §6.3.2: the mailbox's LIST response (its canonical name).
+            let mailbox = self.mailbox_out(&name);
+            self.data(Data::List {
+                items: vec![],
+                delimiter: QuotedChar::try_from('/').ok(),
+                mailbox,
+            });
         }
         self.selected = Some(Selected {
             name: name.clone(),
@@ -1460,8 +1531,12 @@ impl Session {
         }
         let mut fulls = Vec::new();
         for pat in &opts.patterns {
-            let full = utf7::decode(&format!("{}{pat}", opts.reference))
-                .ok_or_else(|| bad("Invalid modified UTF-7 pattern"))?;
+            let joined = format!("{}{pat}", opts.reference);
+            let full = if self.rev2 {
+                joined
+            } else {
+                utf7::decode(&joined).ok_or_else(|| bad("Invalid modified UTF-7 pattern"))?
+            };
             // INBOX is case-insensitive.
             let b = full.as_bytes();
             let inbox = if b.len() >= 5
@@ -1534,7 +1609,7 @@ impl Session {
             let mut items: Vec<FlagNameAttribute<'static>> = Vec::new();
             let attr = |s: &'static str| FlagNameAttribute::from(Atom::try_from(s).expect("atom"));
             if info.is_none() {
-                items.push(if extended {
+                items.push(if extended || self.rev2 {
                     attr("NonExistent")
                 } else {
                     FlagNameAttribute::Noselect
@@ -1551,7 +1626,7 @@ impl Session {
             if (opts.sel_subscribed || opts.ret_subscribed) && subscribed(name) {
                 items.push(attr("Subscribed"));
             }
-            let mailbox = Self::mailbox_out(name);
+            let mailbox = self.mailbox_out(name);
             if lsub {
                 self.data(Data::Lsub {
                     items,
@@ -1609,7 +1684,9 @@ impl Session {
         let need_msgs = items.iter().any(|i| {
             matches!(
                 i,
-                StatusDataItemName::Deleted | StatusDataItemName::DeletedStorage
+                StatusDataItemName::Deleted
+                    | StatusDataItemName::DeletedStorage
+                    | StatusDataItemName::Size
             )
         });
         let msgs = if need_msgs {
@@ -1646,6 +1723,9 @@ impl Session {
                 StatusDataItemName::DeletedStorage => out.push(StatusDataItem::DeletedStorage(
                     deleted().map(|m| m.size).sum(),
                 )),
+                StatusDataItemName::Size => {
+                    out.push(StatusDataItem::Size(msgs.iter().map(|m| m.size).sum()));
+                }
                 StatusDataItemName::HighestModSeq => {
                     // RFC 7162 §3.1.2.1: a CONDSTORE-enabling command.
                     self.condstore = true;
@@ -1654,7 +1734,7 @@ impl Session {
             }
         }
         self.data(Data::Status {
-            mailbox: Self::mailbox_out(&name),
+            mailbox: self.mailbox_out(&name),
             items: out.into(),
         });
         Ok(())
@@ -1750,12 +1830,33 @@ impl Session {
         ))
     }
 
+    /// The saved search result (RFC 5182) as a UID set and a sequence set,
+    /// limited to messages still in the snapshot.
+    fn saved_sets(&self) -> (String, String) {
+        let Some(sel) = &self.selected else {
+            return (String::new(), String::new());
+        };
+        let mut uids = Vec::new();
+        let mut seqs = Vec::new();
+        for u in &self.saved {
+            if let Some(i) = sel.seq_of(*u) {
+                uids.push(*u);
+                seqs.push(i as u32 + 1);
+            }
+        }
+        (uid_set(&uids), uid_set(&seqs))
+    }
+
     /// Resolve a set to snapshot indices (ascending, unique).
     fn resolve(&self, set: &SequenceSet, uid: bool) -> Res<Vec<usize>> {
         let sel = self
             .selected
             .as_ref()
             .ok_or_else(|| bad("No mailbox selected"))?;
+        if self.dollar_empty {
+            // `$` with an empty saved result: no messages (RFC 5182 §2.1).
+            return Ok(Vec::new());
+        }
         let n = sel.msgs.len();
         let mut out = BTreeSet::new();
         if uid {
@@ -2081,7 +2182,7 @@ impl Session {
         let q = self.quota_data().await?;
         let root = AString::try_from("").expect("empty astring");
         self.data(Data::QuotaRoot {
-            mailbox: Self::mailbox_out(&name),
+            mailbox: self.mailbox_out(&name),
             roots: if q.is_some() {
                 vec![root.clone()]
             } else {

@@ -213,6 +213,10 @@ impl Session {
         keys: &[SearchKey<'_>],
         uid: bool,
     ) -> Res<(Option<Code<'static>>, String)> {
+        if self.esearch.as_ref().is_some_and(|r| r.save) {
+            // A failing SEARCH ... RETURN (SAVE) leaves an empty result (RFC 5182 §2.1).
+            self.saved.clear();
+        }
         if let Some(c) = charset
             && !c.eq_ignore_ascii_case("UTF-8")
             && !c.eq_ignore_ascii_case("US-ASCII")
@@ -281,7 +285,40 @@ impl Session {
         } else {
             None
         };
-        match self.esearch.take() {
+        // IMAP4rev2 answers every SEARCH with ESEARCH (RFC 9051 §6.4.4).
+        let ret = self.esearch.take().or_else(|| {
+            self.rev2.then(|| super::ext::SearchReturn {
+                all: true,
+                ..Default::default()
+            })
+        });
+        if let Some(r) = ret.as_ref().filter(|r| r.save) {
+            // RFC 5182 §2.4: with only MIN and/or MAX, only those are saved.
+            let picked: Vec<u32> = if (r.min || r.max) && !(r.all || r.count) {
+                let mut v = Vec::new();
+                if r.min {
+                    v.extend(hits.first().map(|n| n.get()));
+                }
+                if r.max {
+                    v.extend(hits.last().map(|n| n.get()));
+                }
+                v.dedup();
+                v
+            } else {
+                hits.iter().map(|n| n.get()).collect()
+            };
+            self.saved = if uid {
+                picked
+            } else {
+                picked
+                    .iter()
+                    .filter_map(|&s| snapshot.get(s as usize - 1).copied())
+                    .collect()
+            };
+        }
+        match ret {
+            // SAVE alone: no ESEARCH response (RFC 5182 §2.1).
+            Some(ret) if ret.save && !(ret.min || ret.max || ret.all || ret.count) => {}
             Some(ret) => self.esearch_response(&ret, &hits, uid, modseq),
             None => self.data(Data::Search(hits, modseq)),
         }
