@@ -297,6 +297,8 @@ pub struct AccessConfig {
     pub login_failure_window_secs: u64,
     /// Largest IMAP APPEND literal / message accepted, in bytes.
     pub max_append_size: u64,
+    /// Seconds a successful password check is remembered (0: always run argon2).
+    pub auth_cache_secs: u64,
 }
 
 impl Default for AccessConfig {
@@ -315,6 +317,7 @@ impl Default for AccessConfig {
             max_login_failures: 10,
             login_failure_window_secs: 300,
             max_append_size: 26_214_400,
+            auth_cache_secs: 300,
         }
     }
 }
@@ -333,6 +336,8 @@ pub struct RouterConfig {
     pub max_deliver: u32,
     /// Inbound items routed at the same time by one router process.
     pub concurrency: u32,
+    /// Seconds a successful SMTP AUTH password check is remembered (0: always run argon2).
+    pub auth_cache_secs: u64,
 }
 
 impl Default for RouterConfig {
@@ -343,6 +348,7 @@ impl Default for RouterConfig {
             ack_wait_secs: 60,
             max_deliver: 20,
             concurrency: 32,
+            auth_cache_secs: 300,
         }
     }
 }

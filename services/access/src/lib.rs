@@ -56,6 +56,8 @@ pub struct Ctx {
     throttle_account: Throttle,
     /// Failed logins per client IP.
     throttle_ip: Throttle,
+    /// Recent successful password checks.
+    verified: posthorn_auth::VerifyCache,
 }
 
 /// Result of a login attempt.
@@ -76,12 +78,14 @@ impl Ctx {
     pub fn new(cfg: Arc<Config>, backends: Backends, tls: Option<TlsAcceptor>) -> Self {
         let window = Duration::from_secs(cfg.access.login_failure_window_secs);
         let max = cfg.access.max_login_failures;
+        let auth_cache = Duration::from_secs(cfg.access.auth_cache_secs);
         Ctx {
             cfg,
             backends,
             tls,
             throttle_account: Throttle::new(max, window),
             throttle_ip: Throttle::new(max, window),
+            verified: posthorn_auth::VerifyCache::new(auth_cache),
         }
     }
 
@@ -101,7 +105,7 @@ impl Ctx {
             Err(e) => return Login::Unavailable(e.to_string()),
         };
         let ok = match hash {
-            Some(h) => posthorn_auth::verify_password(password.to_string(), h).await,
+            Some(h) => self.verified.verify(password, &h).await,
             None => {
                 let _ = posthorn_auth::verify_password(
                     password.to_string(),

@@ -15,19 +15,23 @@ pub struct Directory {
     meta: Arc<dyn MetaStore>,
     blobs: posthorn_blob_store::BlobStore,
     addressing: Arc<Addressing>,
+    verified: posthorn_auth::VerifyCache,
 }
 
 impl Directory {
-    /// A directory service over `meta`.
+    /// A directory service over `meta`; successful SMTP AUTH password
+    /// checks are remembered for `auth_cache`.
     pub fn new(
         meta: Arc<dyn MetaStore>,
         blobs: posthorn_blob_store::BlobStore,
         addressing: Arc<Addressing>,
+        auth_cache: std::time::Duration,
     ) -> Self {
         Directory {
             meta,
             blobs,
             addressing,
+            verified: posthorn_auth::VerifyCache::new(auth_cache),
         }
     }
 }
@@ -437,7 +441,11 @@ impl RouterService for Directory {
         let a = normalize_address(&req.address);
         let acct = self.meta.get_account(&a).await.map_err(status)?;
         let ok = match acct {
-            Some(acct) => verify_password(req.password, acct.password_hash).await,
+            Some(acct) => {
+                self.verified
+                    .verify(&req.password, &acct.password_hash)
+                    .await
+            }
             None => {
                 // Spend the same time as a real check, so timing does not
                 // reveal which accounts exist.

@@ -76,8 +76,12 @@ pub async fn run(
         cfg.router.concurrency as usize,
         shutdown.clone(),
     ));
-    let directory =
-        directory::Directory::new(backends.meta.clone(), backends.blobs.clone(), addressing);
+    let directory = directory::Directory::new(
+        backends.meta.clone(),
+        backends.blobs.clone(),
+        addressing,
+        Duration::from_secs(cfg.router.auth_cache_secs),
+    );
     let stop = {
         let health = health.clone();
         let shutdown = shutdown.clone();

@@ -419,11 +419,13 @@ impl Session {
 
     /// Read more bytes (idle timeout, shutdown). `false`: close.
     async fn fill(&mut self) -> bool {
-        let mut buf = [0u8; 16384];
-        let n = tokio::select! {
-            r = tokio::time::timeout(self.idle_timeout, self.stream.read(&mut buf)) => match r {
+        // Read straight into `rbuf` (no buffer in the session's future:
+        // every idle connection would carry it).
+        self.rbuf.reserve(4096);
+        tokio::select! {
+            r = tokio::time::timeout(self.idle_timeout, self.stream.read_buf(&mut self.rbuf)) => match r {
                 Ok(Ok(0)) | Ok(Err(_)) => return false,
-                Ok(Ok(n)) => n,
+                Ok(Ok(_)) => {}
                 Err(_) => {
                     self.raw("* BYE Autologout; idle for too long\r\n");
                     let _ = self.flush().await;
@@ -435,8 +437,7 @@ impl Session {
                 let _ = self.flush().await;
                 return false;
             }
-        };
-        self.rbuf.extend_from_slice(&buf[..n]);
+        }
         true
     }
 
@@ -585,6 +586,10 @@ impl Session {
             }
             if self.flush().await.is_err() {
                 return;
+            }
+            if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
+                // An idle session holds no read buffer.
+                self.rbuf = Vec::new();
             }
             match self.read_command().await {
                 Read::Close => return,
@@ -2235,7 +2240,6 @@ impl Session {
             if self.rbuf.len() > 1024 {
                 return Some(Err(bad("Expected DONE")));
             }
-            let mut buf = [0u8; 1024];
             let selected = self.selected.as_ref().map(|s| s.name.clone());
             let woke = async {
                 match self.reg.as_mut() {
@@ -2250,9 +2254,9 @@ impl Session {
                 }
             };
             tokio::select! {
-                r = self.stream.read(&mut buf) => match r {
+                r = self.stream.read_buf(&mut self.rbuf) => match r {
                     Ok(0) | Err(_) => return None,
-                    Ok(n) => self.rbuf.extend_from_slice(&buf[..n]),
+                    Ok(_) => {}
                 },
                 _ = woke => self.sync(true).await,
                 _ = tokio::time::sleep(IDLE_RECHECK) => self.sync(true).await,
