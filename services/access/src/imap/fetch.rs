@@ -22,7 +22,12 @@ use imap_codec::imap_types::sequence::SequenceSet;
 use posthorn_mailbox_store::{FlagOp, MessageMeta};
 use posthorn_mime::{SectionText, Structure};
 
+use futures::StreamExt;
+
 use super::{CmdError, Res, Session, bad, encode, no, store_err};
+
+/// Message bodies read ahead by a FETCH.
+const PREFETCH: usize = 8;
 
 /// Flags as an IMAP list body (`\Seen foo`), skipping anything not an atom.
 pub(crate) fn flags_list(flags: &[String]) -> String {
@@ -323,15 +328,18 @@ impl Session {
                     | MessageDataItemName::BinarySize { .. }
             )
         });
-        let needs_structure = needs_bytes
-            || names.iter().any(|n| {
-                matches!(
-                    n,
-                    MessageDataItemName::Body
-                        | MessageDataItemName::BodyStructure
-                        | MessageDataItemName::Envelope
-                )
-            });
+        // Whole-message items (BODY[], RFC822, BINARY[]) need no MIME structure.
+        let needs_structure = names.iter().any(|n| match n {
+            MessageDataItemName::Body
+            | MessageDataItemName::BodyStructure
+            | MessageDataItemName::Envelope
+            | MessageDataItemName::Rfc822Header
+            | MessageDataItemName::Rfc822Text => true,
+            MessageDataItemName::BodyExt { section, .. } => section.is_some(),
+            MessageDataItemName::Binary { section, .. }
+            | MessageDataItemName::BinarySize { section } => !section.is_empty(),
+            _ => false,
+        });
         let sets_seen = !read_only
             && names.iter().any(|n| {
                 matches!(
@@ -382,19 +390,63 @@ impl Session {
                 self.publish(&name, "flags");
             }
         }
+        // Bodies are read ahead, PREFETCH at a time, in target order (the
+        // blob store is S3 in a cluster: one round trip at a time would
+        // bound a FETCH of many messages by latency).
+        let wanted = |m: &MessageMeta| changed_since.is_none_or(|cs| m.modseq > cs);
+        let keys: Vec<Option<String>> = if needs_bytes {
+            targets
+                .iter()
+                .map(|t| {
+                    metas
+                        .get(&t.1)
+                        .filter(|m| wanted(m))
+                        .map(|m| m.blob_key.clone())
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let blobs = self.ctx.backends.blobs.clone();
+        let mut bodies = futures::stream::iter(keys)
+            .map(move |k| {
+                let blobs = blobs.clone();
+                async move {
+                    match k {
+                        Some(k) => Some(blobs.get(&k).await),
+                        None => None,
+                    }
+                }
+            })
+            .buffered(PREFETCH);
         let mut missing = false;
         for (i, u) in targets {
+            let body = if needs_bytes {
+                bodies.next().await.flatten()
+            } else {
+                None
+            };
             let Some(m) = metas.get(&u) else {
                 missing = true;
                 continue;
             };
-            if changed_since.is_some_and(|cs| m.modseq <= cs) {
+            if !wanted(m) {
                 continue;
             }
-            let bytes = if needs_bytes {
-                Some(self.message_bytes(m).await?)
-            } else {
-                None
+            let bytes = match body {
+                Some(Ok(blob)) => {
+                    let mut out = Vec::with_capacity(m.header_prefix.len() + blob.len());
+                    out.extend_from_slice(m.header_prefix.as_bytes());
+                    out.extend_from_slice(&blob);
+                    Some(out)
+                }
+                Some(Err(_)) => {
+                    return Err(no(
+                        Some("UNAVAILABLE"),
+                        "Message body unavailable, try again",
+                    ));
+                }
+                None => None,
             };
             let st = if needs_structure {
                 match structure(m, bytes.as_deref()) {
@@ -422,10 +474,8 @@ impl Session {
                     MessageDataItemName::Binary {
                         section, partial, ..
                     } => {
-                        let (Some(st), Some(b)) = (&st, &bytes) else {
-                            continue;
-                        };
-                        let data = binary_bytes(st, b, section)?;
+                        let Some(b) = &bytes else { continue };
+                        let data = binary_bytes(st.as_deref(), b, section)?;
                         let data = match partial {
                             Some((start, len)) => {
                                 let s = (*start as usize).min(data.len());
@@ -440,10 +490,8 @@ impl Session {
                         }
                     }
                     MessageDataItemName::BinarySize { section } => {
-                        let (Some(st), Some(b)) = (&st, &bytes) else {
-                            continue;
-                        };
-                        let size = binary_bytes(st, b, section)?.len();
+                        let Some(b) = &bytes else { continue };
+                        let size = binary_bytes(st.as_deref(), b, section)?.len();
                         MessageDataItem::BinarySize {
                             section: section.clone(),
                             size: u32::try_from(size).unwrap_or(u32::MAX),
@@ -496,10 +544,12 @@ impl Session {
                     MessageDataItemName::BodyExt {
                         section, partial, ..
                     } => {
-                        let (Some(st), Some(b)) = (&st, &bytes) else {
-                            continue;
+                        let Some(b) = &bytes else { continue };
+                        let data = match (section, &st) {
+                            (None, _) => b.to_vec(),
+                            (Some(_), Some(st)) => section_bytes(st, b, section),
+                            (Some(_), None) => continue,
                         };
-                        let data = section_bytes(st, b, section);
                         let (data, origin) = match partial {
                             Some((start, len)) => {
                                 let s = (*start as usize).min(data.len());
@@ -589,11 +639,14 @@ impl Session {
 
 /// RFC 3516 / RFC 9051 §6.4.5: the content of `BINARY[section]`, with the
 /// part's Content-Transfer-Encoding removed. `BINARY[]` is the whole message.
-fn binary_bytes(st: &Structure, bytes: &[u8], section: &[NonZeroU32]) -> Res<Vec<u8>> {
+fn binary_bytes(st: Option<&Structure>, bytes: &[u8], section: &[NonZeroU32]) -> Res<Vec<u8>> {
     if section.is_empty() {
         return Ok(bytes.to_vec());
     }
     let path: Vec<u32> = section.iter().map(|n| n.get()).collect();
+    let Some(st) = st else {
+        return Err(no(Some("SERVERBUG"), "Message structure unavailable"));
+    };
     let (Some(part), Some(range)) = (st.part(&path), st.section_range(&path, SectionText::Body))
     else {
         return Err(no(Some("NONEXISTENT"), "No such message part"));
