@@ -1829,10 +1829,37 @@ impl Session {
             posthorn_mailbox_store::AppendOutcome::Duplicate { uid } => uid,
         };
         self.publish(&name, "append");
+        // APPENDUID only if the mailbox kept its UIDVALIDITY throughout: a
+        // DELETE and CREATE by another session in between would make the
+        // pair wrong (UIDVALIDITY values are never reused, so equal means
+        // unchanged). RFC 4315 lets the server omit the code.
+        if !self
+            .same_uidvalidity(&account, &name, info.uidvalidity)
+            .await
+        {
+            return Ok((None, "APPEND completed".into()));
+        }
         Ok((
             Some(code_other(&format!("APPENDUID {} {uid}", info.uidvalidity))),
             "APPEND completed".into(),
         ))
+    }
+
+    /// Whether `name` still has UIDVALIDITY `uv` (for APPENDUID/COPYUID).
+    fn same_uidvalidity(
+        &self,
+        account: &str,
+        name: &str,
+        uv: u32,
+    ) -> impl std::future::Future<Output = bool> + Send + 'static {
+        let meta = self.ctx.backends.meta.clone();
+        let (account, name) = (account.to_string(), name.to_string());
+        async move {
+            matches!(
+                meta.get_mailbox(&account, &name).await,
+                Ok(Some(i)) if i.uidvalidity == uv
+            )
+        }
     }
 
     /// The saved search result (RFC 5182) as a UID set and a sequence set,
@@ -2123,6 +2150,10 @@ impl Session {
             uid_set(&src_uids),
             uid_set(&dst_uids)
         );
+        // As for APPENDUID: no COPYUID if the target was recreated meanwhile.
+        let sticky = self
+            .same_uidvalidity(&account, &target, tinfo.uidvalidity)
+            .await;
         if src_uids.is_empty() {
             return Ok((
                 None,
@@ -2135,7 +2166,9 @@ impl Session {
             ));
         }
         if mv {
-            self.untagged_ok(Some(code_other(&code)), "Moved");
+            if sticky {
+                self.untagged_ok(Some(code_other(&code)), "Moved");
+            }
             let removed = meta
                 .expunge(&account, &src, &src_uids)
                 .await
@@ -2144,7 +2177,7 @@ impl Session {
             self.publish(&src, "expunge");
             Ok((None, "MOVE completed".into()))
         } else {
-            Ok((Some(code_other(&code)), "COPY completed".into()))
+            Ok((sticky.then(|| code_other(&code)), "COPY completed".into()))
         }
     }
 
