@@ -18,6 +18,7 @@ use posthorn_proto::common::v1::{Envelope, OutboundItem, Recipient};
 use prost::Message;
 use tokio::sync::{Semaphore, watch};
 
+use crate::bounce::Failed;
 use crate::route::{Addressing, Target};
 
 /// Why handling an item failed.
@@ -162,7 +163,9 @@ async fn route_envelope(
     }
 
     // Expand every recipient; one copy per account.
-    let mut locals: BTreeMap<String, ()> = BTreeMap::new();
+    let mut locals: BTreeMap<String, Recipient> = BTreeMap::new();
+    // Accepted at RCPT time, undeliverable now: they get a DSN, not silence.
+    let mut failed: Vec<Failed> = Vec::new();
     let mut remotes: BTreeMap<String, (Recipient, String)> = BTreeMap::new();
     for rcpt in &env.rcpt_to {
         let q = match addressing
@@ -172,20 +175,29 @@ async fn route_envelope(
         {
             Ok(q) => q,
             Err(d) => {
-                tracing::warn!(rcpt = %rcpt.address, decision = ?d, "recipient no longer routable");
+                tracing::warn!(rcpt = %rcpt.address, decision = ?d, "recipient no longer routable; bouncing");
+                failed.push(Failed {
+                    rcpt: rcpt.clone(),
+                    status: "5.1.3",
+                    diagnostic: "the address is no longer routable here".into(),
+                });
                 continue;
             }
         };
         let targets = addressing.expand(&q).await.map_err(transient)?;
         if targets.is_empty() {
-            // Accepted at RCPT time, gone since (account removed). The
-            // bounce for this case comes with the delivery/DSN work.
-            tracing::warn!(rcpt = %q, "no such recipient at routing time; not delivered");
+            // Accepted at RCPT time, gone since (account or alias removed).
+            tracing::warn!(rcpt = %q, "no such recipient at routing time; bouncing");
+            failed.push(Failed {
+                rcpt: rcpt.clone(),
+                status: "5.1.1",
+                diagnostic: "no such user here (removed after the message was accepted)".into(),
+            });
         }
         for t in targets {
             match t {
                 Target::Local(acct) => {
-                    locals.insert(acct, ());
+                    locals.entry(acct).or_insert_with(|| rcpt.clone());
                 }
                 Target::Remote(addr) => {
                     let from = if addr == q { String::new() } else { q.clone() };
@@ -223,7 +235,7 @@ async fn route_envelope(
             }
         }
     };
-    for acct in locals.keys() {
+    for (acct, rcpt) in &locals {
         let prefix = format!(
             "Return-Path: <{}>\r\nDelivered-To: {}\r\n",
             env.mail_from, acct
@@ -263,8 +275,13 @@ async fn route_envelope(
             }
             Err(e) if e.is_transient() => return Err(transient(e)),
             Err(e) => {
-                // Account or INBOX vanished: nothing to retry.
-                tracing::error!(account = %acct, error = %e, "local delivery failed permanently");
+                // Account or INBOX vanished: nothing to retry; bounce.
+                tracing::error!(account = %acct, error = %e, "local delivery failed permanently; bouncing");
+                failed.push(Failed {
+                    rcpt: rcpt.clone(),
+                    status: "5.1.1",
+                    diagnostic: format!("mailbox unavailable ({e})"),
+                });
                 continue;
             }
         }
@@ -294,6 +311,11 @@ async fn route_envelope(
             .await
             .map_err(transient)?;
         tracing::info!(rcpt = %addr, "queued for remote delivery");
+    }
+    if !failed.is_empty() {
+        crate::bounce::send(addressing, backends, &env, &failed)
+            .await
+            .map_err(Failure::Transient)?;
     }
     Ok(())
 }
@@ -420,5 +442,69 @@ mod tests {
         assert_eq!(msgs.len(), 3);
         assert_eq!(msgs[2].bodystructure, msgs[0].bodystructure);
         assert_eq!(msgs[2].envelope, msgs[0].envelope);
+    }
+
+    /// A recipient accepted at RCPT time but removed before routing gets a
+    /// DSN to the (local) sender, once, even when the item is redelivered;
+    /// the null sender and NOTIFY=NEVER get none.
+    #[tokio::test]
+    async fn vanished_recipient_bounces_once() {
+        let (_d, b, a) = setup().await;
+        b.meta.add_account("bob@example.test", "x").await.unwrap();
+        let body = b"Subject: for ghost\r\nFrom: bob@example.test\r\n\r\nhello\r\n";
+        let key = b.blobs.put(bytes::Bytes::from_static(body)).await.unwrap();
+        let mut env = Envelope {
+            id: "B1".into(),
+            mail_from: "bob@example.test".into(),
+            rcpt_to: vec![
+                Recipient {
+                    address: "ghost@example.test".into(),
+                    ..Default::default()
+                },
+                Recipient {
+                    address: "alice@example.test".into(),
+                    ..Default::default()
+                },
+            ],
+            blob_key: key,
+            size: body.len() as u64,
+            ..Default::default()
+        };
+        route(&a, &b, &delivery(&env, None)).await.unwrap();
+        route(&a, &b, &delivery(&env, None)).await.unwrap();
+        let inbox = |who: &'static str| {
+            let meta = b.meta.clone();
+            async move { meta.fetch(who, "INBOX", 1, u32::MAX).await.unwrap() }
+        };
+        assert_eq!(inbox("alice@example.test").await.len(), 1);
+        let bounces = inbox("bob@example.test").await;
+        assert_eq!(bounces.len(), 1, "exactly one DSN");
+        assert_eq!(
+            bounces[0].header_prefix,
+            "Return-Path: <>\r\nDelivered-To: bob@example.test\r\n"
+        );
+        let dsn = b.blobs.get(&bounces[0].blob_key).await.unwrap();
+        let dsn = String::from_utf8_lossy(&dsn);
+        assert!(
+            dsn.contains("Final-Recipient: rfc822; ghost@example.test\r\n"),
+            "{dsn}"
+        );
+        assert!(dsn.contains("Status: 5.1.1\r\n"), "{dsn}");
+        assert!(dsn.contains("Subject: for ghost"), "{dsn}");
+        assert!(!dsn.contains("alice@example.test"), "{dsn}");
+        assert_eq!(
+            bounces[0].size,
+            (bounces[0].header_prefix.len() + dsn.len()) as u64
+        );
+        // Null sender: no DSN (no bounce loops). NOTIFY=NEVER: none either.
+        env.id = "B2".into();
+        env.mail_from = String::new();
+        route(&a, &b, &delivery(&env, None)).await.unwrap();
+        env.id = "B3".into();
+        env.mail_from = "bob@example.test".into();
+        env.rcpt_to[0].notify = "NEVER".into();
+        route(&a, &b, &delivery(&env, None)).await.unwrap();
+        assert_eq!(inbox("bob@example.test").await.len(), 1);
+        assert_eq!(inbox("alice@example.test").await.len(), 3);
     }
 }

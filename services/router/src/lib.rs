@@ -12,6 +12,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bounce;
 pub mod directory;
 pub mod gc;
 pub mod inbound;

@@ -63,6 +63,11 @@ pub struct Addressing {
 }
 
 impl Addressing {
+    /// The host name (`$j`), as used in Received and DSNs.
+    pub fn hostname(&self) -> &str {
+        &self.hostname
+    }
+
     /// New addressing over `meta`.
     pub fn new(meta: Arc<dyn MetaStore>, primary: &str, hostname: &str) -> Self {
         Addressing {

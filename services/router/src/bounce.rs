@@ -1,0 +1,340 @@
+//! Delivery status notifications (RFC 3464 in an RFC 6522 multipart/report)
+//! for recipients that were accepted at RCPT time but cannot be delivered
+//! when the router gets to them (the account or alias was removed, the
+//! domain is no longer local, the INBOX is gone).
+//!
+//! The message is built here, stored as a blob, and delivered to the
+//! envelope sender like any mail: into the INBOX of a local sender, or onto
+//! the outbound queue for a remote one, with the null reverse path `<>` so
+//! that it can never bounce back. Both are idempotent, so a redelivered
+//! inbound item sends the notification once: the local append carries the
+//! dedupe key `<message id>.dsn/<account>`, the outbound item the message id
+//! `<message id>.dsn/<recipient>`.
+
+use chrono::Utc;
+use posthorn_backends::Backends;
+use posthorn_bus::{MailboxEvent, Queue};
+use posthorn_mailbox_store::{AppendOutcome, NewMessage};
+use posthorn_proto::common::v1::{Envelope, OutboundItem, Recipient};
+use prost::Message;
+
+use crate::route::{Addressing, Target};
+
+/// Largest original message returned whole (RET=FULL); beyond it, headers.
+const MAX_RETURNED: u64 = 1 << 20;
+
+/// One recipient that could not be delivered.
+#[derive(Debug, Clone)]
+pub struct Failed {
+    /// The recipient as accepted (with NOTIFY and ORCPT).
+    pub rcpt: Recipient,
+    /// RFC 3463 status, e.g. `5.1.1`.
+    pub status: &'static str,
+    /// Human-readable reason (Diagnostic-Code).
+    pub diagnostic: String,
+}
+
+/// Whether a failure notification is wanted for `rcpt` (RFC 3461 §4.1:
+/// without NOTIFY the default is FAILURE; `NEVER` or a list without
+/// `FAILURE` asks for none). Never for the null sender.
+pub fn wanted(env: &Envelope, rcpt: &Recipient) -> bool {
+    if env.mail_from.is_empty() {
+        return false;
+    }
+    rcpt.notify.is_empty()
+        || rcpt
+            .notify
+            .split(',')
+            .any(|n| n.trim().eq_ignore_ascii_case("FAILURE"))
+}
+
+/// The header section of `msg` (through the blank line).
+fn header_section(msg: &[u8]) -> &[u8] {
+    msg.windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(msg, |p| &msg[..p + 4])
+}
+
+/// Compose the notification (CRLF line ends).
+pub fn compose(
+    env: &Envelope,
+    failed: &[Failed],
+    original: Option<&[u8]>,
+    hostname: &str,
+) -> Vec<u8> {
+    let now = Utc::now();
+    let date = now.to_rfc2822();
+    let arrival = chrono::DateTime::from_timestamp(env.received_at, 0)
+        .unwrap_or(now)
+        .to_rfc2822();
+    let boundary = format!("{}.dsn/{}", env.id, hostname);
+    let mut m = String::new();
+    m.push_str(&format!(
+        "From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\n\
+         To: <{}>\r\n\
+         Subject: Undelivered Mail Returned to Sender\r\n\
+         Date: {date}\r\n\
+         Message-ID: <{}.dsn@{hostname}>\r\n\
+         Auto-Submitted: auto-replied\r\n\
+         MIME-Version: 1.0\r\n\
+         Content-Type: multipart/report; report-type=delivery-status;\r\n\
+         \tboundary=\"{boundary}\"\r\n\
+         \r\n\
+         This is a MIME-encapsulated message.\r\n\
+         \r\n\
+         --{boundary}\r\n\
+         Content-Description: Notification\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\
+         \r\n\
+         This is the mail system at host {hostname}.\r\n\
+         \r\n\
+         Your message could not be delivered to one or more recipients.\r\n\
+         It was accepted, but the recipients below no longer exist here.\r\n\
+         \r\n",
+        env.mail_from, env.id
+    ));
+    for f in failed {
+        m.push_str(&format!("<{}>: {}\r\n", f.rcpt.address, f.diagnostic));
+    }
+    m.push_str(&format!(
+        "\r\n--{boundary}\r\n\
+         Content-Description: Delivery report\r\n\
+         Content-Type: message/delivery-status\r\n\
+         \r\n\
+         Reporting-MTA: dns; {hostname}\r\n"
+    ));
+    if !env.dsn_envid.is_empty() {
+        m.push_str(&format!("Original-Envelope-Id: {}\r\n", env.dsn_envid));
+    }
+    m.push_str(&format!("Arrival-Date: {arrival}\r\n"));
+    for f in failed {
+        m.push_str(&format!(
+            "\r\nFinal-Recipient: rfc822; {}\r\n",
+            f.rcpt.address
+        ));
+        if !f.rcpt.orcpt.is_empty() {
+            m.push_str(&format!("Original-Recipient: {}\r\n", f.rcpt.orcpt));
+        }
+        m.push_str(&format!(
+            "Action: failed\r\nStatus: {}\r\nDiagnostic-Code: X-Posthorn; {}\r\n",
+            f.status, f.diagnostic
+        ));
+    }
+    let mut out = m.into_bytes();
+    if let Some(orig) = original {
+        let full = env.dsn_ret.eq_ignore_ascii_case("FULL") && env.size <= MAX_RETURNED;
+        let (ctype, part) = if full {
+            ("message/rfc822", orig)
+        } else {
+            ("text/rfc822-headers", header_section(orig))
+        };
+        out.extend_from_slice(
+            format!(
+                "\r\n--{boundary}\r\n\
+                 Content-Description: Undelivered message\r\n\
+                 Content-Type: {ctype}\r\n\
+                 \r\n"
+            )
+            .as_bytes(),
+        );
+        out.extend_from_slice(part);
+        if !part.ends_with(b"\r\n") {
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    out
+}
+
+/// Send a notification for `failed` (those that want one) to the sender of
+/// `env`. `Err`: a backend is down; the caller retries the whole item.
+pub async fn send(
+    addressing: &Addressing,
+    backends: &Backends,
+    env: &Envelope,
+    failed: &[Failed],
+) -> Result<(), String> {
+    let failed: Vec<Failed> = failed
+        .iter()
+        .filter(|f| wanted(env, &f.rcpt))
+        .cloned()
+        .collect();
+    if failed.is_empty() {
+        return Ok(());
+    }
+    let original = match backends.blobs.get(&env.blob_key).await {
+        Ok(b) => Some(b),
+        Err(e) if e.is_transient() => return Err(e.to_string()),
+        Err(_) => None,
+    };
+    let msg = compose(env, &failed, original.as_deref(), addressing.hostname());
+    let size = msg.len() as u64;
+    let st = posthorn_mime::analyze(&msg);
+    let blob_key = backends
+        .blobs
+        .put(msg.into())
+        .await
+        .map_err(|e| e.to_string())?;
+    let sender = match addressing
+        .qualify(&env.mail_from, true)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        Ok(q) => q,
+        Err(d) => {
+            tracing::warn!(sender = %env.mail_from, decision = ?d, "DSN not sent: sender unroutable");
+            return Ok(());
+        }
+    };
+    let targets = addressing
+        .expand(&sender)
+        .await
+        .map_err(|e| e.to_string())?;
+    if targets.is_empty() {
+        tracing::warn!(sender = %sender, "DSN not sent: the local sender does not exist");
+    }
+    let id = format!("{}.dsn", env.id);
+    for t in targets {
+        match t {
+            Target::Local(acct) => {
+                let prefix = format!("Return-Path: <>\r\nDelivered-To: {acct}\r\n");
+                let mut st = st.clone();
+                st.prepend_header(prefix.len() as u64);
+                let m = NewMessage {
+                    dedupe_key: Some(format!("{id}/{acct}")),
+                    flags: Vec::new(),
+                    internal_date: Utc::now().timestamp(),
+                    size: size + prefix.len() as u64,
+                    blob_key: blob_key.clone(),
+                    envelope: serde_json::to_string(&st.envelope).ok(),
+                    bodystructure: Some(st.to_json()),
+                    header_prefix: prefix,
+                };
+                match backends.meta.append(&acct, "INBOX", m).await {
+                    Ok(AppendOutcome::Appended { .. }) => {
+                        tracing::info!(account = %acct, "DSN delivered");
+                        let ev = MailboxEvent {
+                            account: acct.clone(),
+                            mailbox: "INBOX".into(),
+                            kind: "append".into(),
+                        };
+                        let _ = backends.bus.publish_event(&ev).await;
+                    }
+                    Ok(AppendOutcome::Duplicate { .. }) => {}
+                    Err(e) if e.is_transient() => return Err(e.to_string()),
+                    Err(e) => {
+                        tracing::error!(account = %acct, error = %e, "DSN not delivered");
+                    }
+                }
+            }
+            Target::Remote(addr) => {
+                let dsn_env = Envelope {
+                    id: id.clone(),
+                    mail_from: String::new(),
+                    rcpt_to: vec![Recipient {
+                        address: addr.clone(),
+                        ..Default::default()
+                    }],
+                    blob_key: blob_key.clone(),
+                    size,
+                    received_at: Utc::now().timestamp(),
+                    helo: addressing.hostname().to_string(),
+                    body_type: "8BITMIME".into(),
+                    ..Default::default()
+                };
+                let item = OutboundItem {
+                    envelope: Some(dsn_env),
+                    recipient: Some(Recipient {
+                        address: addr.clone(),
+                        ..Default::default()
+                    }),
+                    expanded_from: String::new(),
+                };
+                backends
+                    .bus
+                    .publish(
+                        Queue::Outbound,
+                        &format!("{id}/{addr}"),
+                        item.encode_to_vec().into(),
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tracing::info!(rcpt = %addr, "DSN queued for remote delivery");
+            }
+        }
+    }
+    metrics::counter!("posthorn_router_dsns_total").increment(1);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notify_rules() {
+        let env = |from: &str| Envelope {
+            mail_from: from.into(),
+            ..Default::default()
+        };
+        let r = |n: &str| Recipient {
+            address: "x@y".into(),
+            notify: n.into(),
+            orcpt: String::new(),
+        };
+        assert!(wanted(&env("a@b"), &r("")));
+        assert!(wanted(&env("a@b"), &r("SUCCESS,FAILURE")));
+        assert!(!wanted(&env("a@b"), &r("NEVER")));
+        assert!(!wanted(&env("a@b"), &r("DELAY")));
+        assert!(!wanted(&env(""), &r("")));
+    }
+
+    #[test]
+    fn report_shape() {
+        let env = Envelope {
+            id: "Q1".into(),
+            mail_from: "s@example.org".into(),
+            dsn_envid: "ENV-1".into(),
+            size: 40,
+            ..Default::default()
+        };
+        let failed = vec![Failed {
+            rcpt: Recipient {
+                address: "ghost@example.test".into(),
+                notify: String::new(),
+                orcpt: "rfc822;Ghost@example.test".into(),
+            },
+            status: "5.1.1",
+            diagnostic: "no such user".into(),
+        }];
+        let orig = b"Subject: hi\r\nFrom: s@example.org\r\n\r\nsecret body\r\n";
+        let m = compose(&env, &failed, Some(orig), "mx.example.test");
+        let s = String::from_utf8(m.clone()).unwrap();
+        for want in [
+            "Content-Type: multipart/report; report-type=delivery-status;",
+            "Reporting-MTA: dns; mx.example.test\r\n",
+            "Original-Envelope-Id: ENV-1\r\n",
+            "Final-Recipient: rfc822; ghost@example.test\r\n",
+            "Original-Recipient: rfc822;Ghost@example.test\r\n",
+            "Action: failed\r\nStatus: 5.1.1\r\n",
+            "Content-Type: text/rfc822-headers\r\n\r\nSubject: hi\r\n",
+            "Auto-Submitted: auto-replied\r\n",
+        ] {
+            assert!(s.contains(want), "missing {want:?} in\n{s}");
+        }
+        // RET=HDRS (default): the body is not returned.
+        assert!(!s.contains("secret body"));
+        // The MIME structure is what a client will see: three parts.
+        let st = posthorn_mime::analyze(&m);
+        assert_eq!(st.body.subtype.to_ascii_lowercase(), "report");
+        assert_eq!(st.body.children.len(), 3);
+        // RET=FULL returns the whole message.
+        let env = Envelope {
+            dsn_ret: "FULL".into(),
+            ..env
+        };
+        let s = String::from_utf8(compose(&env, &failed, Some(orig), "h")).unwrap();
+        assert!(s.contains("Content-Type: message/rfc822\r\n\r\nSubject: hi"));
+        assert!(s.contains("secret body"));
+    }
+}
