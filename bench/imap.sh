@@ -14,9 +14,9 @@
 #   IDLE_N_DOVECOT_DEFAULT  idle connections for Dovecot's default
 #                    one-process-per-connection setup (process_limit 1024) [1000]
 #   IDLE_LOGIN_CONCURRENCY  logins in flight while opening them [20]
-#   IDLE_WARMUP      sessions opened and closed before the "before" sample [500]
-#   IDLE_HOLD        seconds the server's CPU is measured with all idling [30]
-#   IDLE_CAP_MIB     stop opening idle connections once the server's RSS
+#   IDLE_WARMUP      sessions opened and closed before the "before" sample [300]
+#   IDLE_HOLD        seconds the server's CPU is measured with all idling [20]
+#   IDLE_CAP_MIB     stop opening idle connections once the server's anonymous RSS
 #                    grew by more than this many MiB (protects the machine) [3072]
 #   MMAP_VARIANT     also measure Posthorn's idle connections with
 #                    MALLOC_MMAP_THRESHOLD_=1048576 (diagnostic) [1]
@@ -39,8 +39,8 @@ IDLE_REPS=${IDLE_REPS:-1}
 IDLE_N=${IDLE_N:-10000}
 IDLE_N_DOVECOT_DEFAULT=${IDLE_N_DOVECOT_DEFAULT:-1000}
 IDLE_LOGIN_CONCURRENCY=${IDLE_LOGIN_CONCURRENCY:-20}
-IDLE_WARMUP=${IDLE_WARMUP:-500}
-IDLE_HOLD=${IDLE_HOLD:-30}
+IDLE_WARMUP=${IDLE_WARMUP:-300}
+IDLE_HOLD=${IDLE_HOLD:-20}
 IDLE_CAP_MIB=${IDLE_CAP_MIB:-3072}
 MMAP_VARIANT=${MMAP_VARIANT:-1}
 POP_ACCOUNTS=${POP_ACCOUNTS:-50}
