@@ -1,7 +1,9 @@
 //! IMAP end to end through the real `posthorn` binary, on both backend
 //! sets: Python imaplib over STARTTLS reads, searches, flags, copies, moves,
 //! expunges and appends mail delivered over SMTP, and an IDLE client is woken
-//! by an SMTP delivery within a second.
+//! by an SMTP delivery within a second; a second script drives the
+//! extensions (CONDSTORE/QRESYNC, ESEARCH, LIST-EXTENDED/LIST-STATUS,
+//! SEARCHRES, BINARY, IMAP4rev2) through imaplib.
 
 mod common;
 
@@ -111,6 +113,109 @@ fn imaplib_session(backend: Backend) {
     assert!(out.starts_with("ok"), "{out}");
 }
 
+/// RFC 7162 (CONDSTORE/QRESYNC), RFC 4731 ESEARCH, RFC 5258/5819
+/// LIST-EXTENDED/LIST-STATUS, RFC 5182 SEARCHRES, RFC 3516 BINARY and
+/// RFC 9051 IMAP4rev2, driven by Python's imaplib (which passes extension
+/// syntax through and collects the untagged responses).
+const IMAPLIB_EXTENSIONS: &str = r#"
+import imaplib, ssl, sys, re
+imap_port = int(sys.argv[1])
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+M = imaplib.IMAP4("127.0.0.1", imap_port, timeout=30)
+M.starttls(ctx)
+M.login("alice@example.test", "alice-pw")
+for cap in ("CONDSTORE", "QRESYNC", "ESEARCH", "LIST-EXTENDED", "LIST-STATUS",
+            "SEARCHRES", "BINARY", "IMAP4REV2", "STATUS=SIZE"):
+    assert cap in M.capabilities, (cap, M.capabilities)
+typ, data = M.enable("QRESYNC")
+assert typ == "OK" and M.untagged_responses.pop("ENABLED") == [b"QRESYNC"], data
+typ, data = M.select("INBOX")
+assert typ == "OK" and data == [b"3"], data
+hms = int(M.untagged_responses["HIGHESTMODSEQ"][-1])
+uv = int(M.untagged_responses["UIDVALIDITY"][-1])
+# CONDSTORE: MODSEQ, CHANGEDSINCE, UNCHANGEDSINCE.
+typ, data = M.fetch("1:*", "(UID MODSEQ)")
+assert typ == "OK" and all(b"MODSEQ (" in d for d in data), data
+typ, data = M.store("2", "+FLAGS", "(\\Flagged)")
+assert typ == "OK" and b"MODSEQ (" in data[0], data
+typ, data = M.fetch("1:*", "(FLAGS) (CHANGEDSINCE %d)" % hms)
+assert typ == "OK" and len(data) == 1 and data[0].startswith(b"2 (") and b"\\Flagged" in data[0], data
+typ, data = M.store("1:2", "(UNCHANGEDSINCE %d) +FLAGS.SILENT" % hms, "(\\Seen)")
+assert typ == "OK" and len(data) == 1 and data[0].startswith(b"1 (") and b"MODSEQ" in data[0], data
+# QRESYNC: expunge message 3, then resync from the old HIGHESTMODSEQ.
+typ, data = M.store("3", "+FLAGS.SILENT", "(\\Deleted)")
+typ, data = M.expunge()
+assert typ == "OK", data
+assert M.untagged_responses.pop("VANISHED") == [b"3"], M.untagged_responses
+M.close()
+typ, data = M._simple_command("SELECT", "INBOX (QRESYNC (%d %d 1:3))" % (uv, hms))
+assert typ == "OK", data
+M.state = "SELECTED"  # imaplib only knows its own select()
+vanished = M.untagged_responses.pop("VANISHED", [])
+assert vanished == [b"(EARLIER) 3"], vanished
+fetched = M.untagged_responses.pop("FETCH", [])
+assert any(b"UID 2 " in f and b"\\Flagged" in f for f in fetched), fetched
+# ESEARCH and SEARCHRES.
+typ, data = M._simple_command("UID", "SEARCH", "RETURN", "(MIN MAX COUNT SAVE)", "ALL")
+assert typ == "OK", data
+es = M.untagged_responses.pop("ESEARCH", [])
+assert es and re.search(rb"UID MIN 1 MAX 2 COUNT 2", es[0]), es
+typ, data = M.uid("FETCH", "$", "(FLAGS)")
+assert typ == "OK" and len(data) == 2, data
+# LIST-EXTENDED with LIST-STATUS.
+typ, data = M.list('""', '"*" RETURN (SPECIAL-USE STATUS (MESSAGES SIZE))')
+assert typ == "OK" and any(b"\\Sent" in l for l in data), data
+st = M.untagged_responses.pop("STATUS", [])
+assert any(re.search(rb"INBOX \(MESSAGES 2 SIZE \d+\)", s) for s in st), st
+typ, data = M._simple_command("LIST", "(SUBSCRIBED)", '""', '"*"')
+assert typ == "OK", data
+# BINARY of a base64 part.
+typ, data = M.fetch("1", "(BINARY.PEEK[1] BINARY.SIZE[1])")
+assert typ == "OK" and data[0][1] == b"\x00\x01\x02binary", data
+# IMAP4rev2: SEARCH answers ESEARCH, no RECENT in SELECT.
+M.close()
+typ, data = M.enable("IMAP4rev2")
+assert typ == "OK" and M.untagged_responses.pop("ENABLED") == [b"IMAP4rev2"], data
+M.untagged_responses.clear()
+typ, data = M.select("INBOX")
+assert "RECENT" not in M.untagged_responses, M.untagged_responses
+typ, data = M._simple_command("SEARCH", "ALL")
+es = M.untagged_responses.pop("ESEARCH", [])
+assert es and es[0].endswith(b"ALL 1:2"), es
+M.logout()
+print("ok")
+"#;
+
+const BINARY_MSG: &str = "From: a@example.org\r\nTo: alice@example.test\r\nSubject: bin\r\n\
+MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\
+Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n\
+AAECYmluYXJ5\r\n--b--\r\n";
+
+const SMTPLIB_SEND_RAW: &str = r#"
+import smtplib, sys
+port, msg = int(sys.argv[1]), sys.argv[2]
+with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+    assert not s.sendmail("sender@example.org", ["alice@example.test"], msg.encode())
+print("ok")
+"#;
+
+fn imaplib_extensions(backend: Backend) {
+    let sys = System::start(backend, "");
+    sys.standard_directory();
+    let smtp = sys.ports.smtp.to_string();
+    // One at a time, so the binary message has UID 1.
+    python(SMTPLIB_SEND_RAW, &[&smtp, BINARY_MSG]);
+    sys.wait_messages("alice@example.test", 1, WAIT);
+    python(SMTPLIB_SEND, &[&smtp, "second"]);
+    sys.wait_messages("alice@example.test", 2, WAIT);
+    python(SMTPLIB_SEND, &[&smtp, "third"]);
+    sys.wait_messages("alice@example.test", 3, WAIT);
+    let out = python(IMAPLIB_EXTENSIONS, &[&sys.ports.imap.to_string()]);
+    assert!(out.starts_with("ok"), "{out}");
+}
+
 macro_rules! both {
     ($($name:ident),*) => {
         mod embedded {
@@ -122,4 +227,4 @@ macro_rules! both {
     };
 }
 
-both!(imaplib_session);
+both!(imaplib_session, imaplib_extensions);
