@@ -1,7 +1,10 @@
 //! Compiles `../../proto` with protox (pure Rust, no system `protoc`).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // At run time, not `env!`: a build-script binary reused from another
+    // checkout of the same sources (shared target dir) must not look there.
+    let manifest = std::env::var("CARGO_MANIFEST_DIR")?;
+    let root = std::path::Path::new(&manifest).join("../../proto");
     let files = [
         "posthorn/common/v1/envelope.proto",
         "posthorn/router/v1/router.proto",

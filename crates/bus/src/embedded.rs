@@ -3,9 +3,12 @@
 //!
 //! # Durability
 //!
-//! Every state change is one redb write transaction. `publish` and `term`
+//! Every state change is a redb write transaction. `publish` and `term`
 //! commit with [`redb::Durability::Immediate`]: `publish` returns after the
-//! item is fsynced, `term` after the move to the dead table is. `ack` and
+//! item is fsynced, `term` after the move to the dead table is. Publishes
+//! are group-committed: those that arrive while a commit runs are written
+//! together by the next transaction, one fsync for the lot (each caller
+//! still waits for its own item to be durable). `ack` and
 //! the delivery-count update of each delivery commit with
 //! [`redb::Durability::None`] (no fsync; made durable by the next immediate
 //! commit): a crash can only undo them, which means one redelivery of an
@@ -168,10 +171,27 @@ enum Claim {
     Empty { next_expiry: Option<Instant> },
 }
 
+/// One publish waiting for the group commit.
+struct PendingPublish {
+    q: u8,
+    msg_id: String,
+    payload: Bytes,
+    done: tokio::sync::oneshot::Sender<Result<bool>>,
+}
+
+/// Publishes waiting for a commit, and whether a committer is running.
+#[derive(Default)]
+struct Group {
+    pending: Vec<PendingPublish>,
+    committing: bool,
+}
+
 struct Inner {
     path: PathBuf,
     db: Database,
     state: Mutex<State>,
+    /// Group commit of publishes (see [`EmbeddedBus::publish`]).
+    group: Mutex<Group>,
     notify: [Notify; 2],
     events: broadcast::Sender<MailboxEvent>,
     tokens: AtomicU64,
@@ -188,7 +208,9 @@ impl Inner {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn publish(&self, q: u8, msg_id: &str, payload: &[u8]) -> Result<bool> {
+    /// Store a batch of publishes in one transaction (one fsync): whether
+    /// each was stored (`false`: a duplicate).
+    fn publish_batch(&self, batch: &[(u8, &str, &[u8])]) -> Result<Vec<bool>> {
         let now_ms = unix_ms();
         let window_ms = DEDUPE_WINDOW.as_millis() as u64;
         let gc = {
@@ -202,43 +224,86 @@ impl Inner {
             due
         };
         let txn = self.db.begin_write().map_err(|e| self.err(e))?;
-        let stored = {
+        let mut stored = Vec::with_capacity(batch.len());
+        {
             let mut dedupe = txn.open_table(DEDUPE).map_err(|e| self.err(e))?;
             if gc {
                 dedupe
                     .retain(|_, at| now_ms.saturating_sub(at) < window_ms)
                     .map_err(|e| self.err(e))?;
             }
-            let seen = dedupe
-                .get((q, msg_id))
-                .map_err(|e| self.err(e))?
-                .map(|v| v.value());
-            if seen.is_some_and(|at| now_ms.saturating_sub(at) < window_ms) {
-                false
-            } else {
+            let mut meta = txn.open_table(META).map_err(|e| self.err(e))?;
+            let mut items = txn.open_table(ITEMS).map_err(|e| self.err(e))?;
+            for &(q, msg_id, payload) in batch {
+                let seen = dedupe
+                    .get((q, msg_id))
+                    .map_err(|e| self.err(e))?
+                    .map(|v| v.value());
+                if seen.is_some_and(|at| now_ms.saturating_sub(at) < window_ms) {
+                    stored.push(false);
+                    continue;
+                }
                 dedupe
                     .insert((q, msg_id), now_ms)
                     .map_err(|e| self.err(e))?;
-                let mut meta = txn.open_table(META).map_err(|e| self.err(e))?;
                 let seq = meta
                     .get("next_seq")
                     .map_err(|e| self.err(e))?
                     .map(|v| v.value())
                     .unwrap_or(1);
                 meta.insert("next_seq", seq + 1).map_err(|e| self.err(e))?;
-                let mut items = txn.open_table(ITEMS).map_err(|e| self.err(e))?;
                 items
                     .insert((q, seq), encode_item(0, msg_id, payload).as_slice())
                     .map_err(|e| self.err(e))?;
-                true
+                stored.push(true);
             }
-        };
-        if stored {
+        }
+        if stored.iter().any(|s| *s) {
             txn.commit().map_err(|e| self.err(e))?;
         } else {
             txn.abort().map_err(|e| self.err(e))?;
         }
         Ok(stored)
+    }
+
+    /// Commit what is pending, batch after batch, until nothing is: run by
+    /// one task at a time (the first publisher that found no committer).
+    async fn commit_pending(self: Arc<Self>) {
+        loop {
+            let batch = {
+                let mut g = self.group.lock().unwrap_or_else(|p| p.into_inner());
+                if g.pending.is_empty() {
+                    g.committing = false;
+                    return;
+                }
+                std::mem::take(&mut g.pending)
+            };
+            let inner = self.clone();
+            let (reqs, dones): (Vec<_>, Vec<_>) = batch
+                .into_iter()
+                .map(|p| ((p.q, p.msg_id, p.payload), p.done))
+                .unzip();
+            let res = blocking(&inner, move |i| {
+                let view: Vec<(u8, &str, &[u8])> = reqs
+                    .iter()
+                    .map(|(q, id, p)| (*q, id.as_str(), p.as_ref()))
+                    .collect();
+                i.publish_batch(&view)
+            })
+            .await;
+            match res {
+                Ok(stored) => {
+                    for (done, s) in dones.into_iter().zip(stored) {
+                        let _ = done.send(Ok(s));
+                    }
+                }
+                Err(e) => {
+                    for done in dones {
+                        let _ = done.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
     }
 
     /// Lease the oldest available item of queue `q`, moving items that
@@ -465,6 +530,7 @@ impl EmbeddedBus {
                 path: path.to_path_buf(),
                 db,
                 state: Mutex::new(State::default()),
+                group: Mutex::new(Group::default()),
                 notify: [Notify::new(), Notify::new()],
                 events,
                 tokens: AtomicU64::new(1),
@@ -483,9 +549,28 @@ impl Bus for EmbeddedBus {
     }
 
     async fn publish(&self, queue: Queue, msg_id: &str, payload: Bytes) -> Result<()> {
+        // Group commit: publishes that arrive while a commit is running are
+        // stored together by the next one, so concurrent SMTP sessions share
+        // fsyncs instead of queueing for one each. Every caller still returns
+        // only after its own item is durable.
         let q = qid(queue);
-        let id = msg_id.to_string();
-        let stored = blocking(&self.inner, move |i| i.publish(q, &id, &payload)).await?;
+        let (done, result) = tokio::sync::oneshot::channel();
+        let start = {
+            let mut g = self.inner.group.lock().unwrap_or_else(|p| p.into_inner());
+            g.pending.push(PendingPublish {
+                q,
+                msg_id: msg_id.to_string(),
+                payload,
+                done,
+            });
+            !std::mem::replace(&mut g.committing, true)
+        };
+        if start {
+            tokio::spawn(self.inner.clone().commit_pending());
+        }
+        let stored = result
+            .await
+            .map_err(|_| Error::Other("embedded bus committer stopped".into()))??;
         if stored {
             self.inner.notify[q as usize].notify_waiters();
         } else {

@@ -28,7 +28,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 /// Errors of the bus.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// The backend could not be reached or did not confirm; retry later.
     #[error("queue backend unavailable: {0}")]
