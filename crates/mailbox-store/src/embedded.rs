@@ -77,6 +77,23 @@ struct MailboxRec {
 pub struct EmbeddedStore {
     db: Arc<Database>,
     path: Arc<PathBuf>,
+    /// Group commit of appends (see [`EmbeddedStore::commit_appends`]).
+    appends: Arc<std::sync::Mutex<AppendGroup>>,
+}
+
+/// One append waiting for the group commit.
+struct PendingAppend {
+    account: String,
+    mailbox: String,
+    msg: NewMessage,
+    done: tokio::sync::oneshot::Sender<Result<AppendOutcome>>,
+}
+
+/// Appends waiting for a commit, and whether a committer is running.
+#[derive(Default)]
+struct AppendGroup {
+    pending: Vec<PendingAppend>,
+    committing: bool,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -128,7 +145,72 @@ impl EmbeddedStore {
         Ok(Self {
             db: Arc::new(db),
             path: Arc::new(path.to_path_buf()),
+            appends: Arc::default(),
         })
+    }
+
+    /// Write what is pending, batch after batch, each batch in one
+    /// transaction (one fsync), until nothing is: run by one task at a time
+    /// (the first appender that found no committer). An append that fails
+    /// on its own (no such account or mailbox, UIDs used up) fails before
+    /// writing anything, so the others in its batch go ahead; a storage
+    /// error fails the whole batch.
+    async fn commit_appends(self) {
+        loop {
+            let batch = {
+                let mut g = self.appends.lock().unwrap_or_else(|p| p.into_inner());
+                if g.pending.is_empty() {
+                    g.committing = false;
+                    return;
+                }
+                std::mem::take(&mut g.pending)
+            };
+            let (work, dones): (Vec<_>, Vec<_>) = batch
+                .into_iter()
+                .map(|p| ((p.account, p.mailbox, p.msg), p.done))
+                .unzip();
+            let db = self.db.clone();
+            let path = self.path.clone();
+            let n = work.len();
+            let res = run_blocking(move || {
+                let txn = db.begin_write().map_err(storage(&path))?;
+                let mut out = Vec::with_capacity(work.len());
+                let mut any = false;
+                for (a, name, msg) in work {
+                    let r = append_in(&txn, &a, &name, msg);
+                    match &r {
+                        Err(Error::Unavailable(_) | Error::Corrupt(_)) => {
+                            let _ = txn.abort();
+                            return r.map(|_| Vec::new());
+                        }
+                        Ok(AppendOutcome::Appended { .. }) => any = true,
+                        _ => {}
+                    }
+                    out.push(r);
+                }
+                if any {
+                    txn.commit().map_err(storage(&path))?;
+                } else {
+                    let _ = txn.abort();
+                }
+                Ok(out)
+            })
+            .await;
+            match res {
+                Ok(out) if out.len() == n => {
+                    for (done, r) in dones.into_iter().zip(out) {
+                        let _ = done.send(r);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let msg = e.to_string();
+                    for done in dones {
+                        let _ = done.send(Err(Error::Unavailable(msg.clone())));
+                    }
+                }
+            }
+        }
     }
 
     /// Run `f` in one write transaction on the blocking pool; commit if it
@@ -357,6 +439,64 @@ fn purge_mailbox(txn: &WriteTransaction, id: u64, acct: &mut AccountRec) -> Resu
         blob_decr(txn, &b, now)?;
     }
     Ok(())
+}
+
+/// The body of one append inside `txn` (see [`EmbeddedStore::commit_appends`]:
+/// every error other than a storage one happens before the first write).
+fn append_in(
+    txn: &WriteTransaction,
+    a: &str,
+    name: &str,
+    msg: NewMessage,
+) -> Result<AppendOutcome> {
+    let mut accts = txn.open_table(ACCOUNTS).map_err(dberr)?;
+    let mut rec = need_account(&accts, a)?;
+    let mut mboxes = txn.open_table(MAILBOXES).map_err(dberr)?;
+    let mut m = get_mailbox(&mboxes, a, name)?.ok_or_else(|| not_found_mailbox(a, name))?;
+    let mut dedupe = txn.open_table(DEDUPE).map_err(dberr)?;
+    if let Some(key) = &msg.dedupe_key
+        && let Some(uid) = dedupe.get((a, key.as_str())).map_err(dberr)?
+    {
+        return Ok(AppendOutcome::Duplicate { uid: uid.value() });
+    }
+    let uid = m.info.uidnext;
+    if uid == u32::MAX {
+        return Err(Error::Invalid {
+            what: "append",
+            reason: format!("mailbox {name:?} has used up its UIDs"),
+        });
+    }
+    m.info.uidnext += 1;
+    m.info.highest_modseq += 1;
+    let modseq = m.info.highest_modseq;
+    let flags = dedup_flags(&msg.flags);
+    m.info.exists += 1;
+    if !is_seen(&flags) {
+        m.info.unseen += 1;
+    }
+    let meta = MessageMeta {
+        uid,
+        modseq,
+        flags,
+        internal_date: msg.internal_date,
+        size: msg.size,
+        blob_key: msg.blob_key.clone(),
+        header_prefix: msg.header_prefix,
+        envelope: msg.envelope,
+        bodystructure: msg.bodystructure,
+    };
+    let mut msgs = txn.open_table(MESSAGES).map_err(dberr)?;
+    msgs.insert((m.id, uid), encode(&meta)?.as_str())
+        .map_err(dberr)?;
+    put_mailbox(&mut mboxes, a, &m)?;
+    rec.usage.bytes += msg.size;
+    rec.usage.messages += 1;
+    put_account(&mut accts, a, &rec)?;
+    if let Some(key) = &msg.dedupe_key {
+        dedupe.insert((a, key.as_str()), uid).map_err(dberr)?;
+    }
+    blob_incr(txn, &msg.blob_key)?;
+    Ok(AppendOutcome::Appended { uid, modseq })
 }
 
 #[async_trait]
@@ -748,60 +888,25 @@ impl MetaStore for EmbeddedStore {
         let name = validate_mailbox_name(mailbox)?;
         check_blob_key(&msg.blob_key)?;
         check_flags(&msg.flags)?;
-        self.write(move |txn| {
-            let mut accts = txn.open_table(ACCOUNTS).map_err(dberr)?;
-            let mut rec = need_account(&accts, &a)?;
-            let mut mboxes = txn.open_table(MAILBOXES).map_err(dberr)?;
-            let mut m =
-                get_mailbox(&mboxes, &a, &name)?.ok_or_else(|| not_found_mailbox(&a, &name))?;
-            let mut dedupe = txn.open_table(DEDUPE).map_err(dberr)?;
-            if let Some(key) = &msg.dedupe_key
-                && let Some(uid) = dedupe.get((a.as_str(), key.as_str())).map_err(dberr)?
-            {
-                return Ok(AppendOutcome::Duplicate { uid: uid.value() });
-            }
-            let uid = m.info.uidnext;
-            if uid == u32::MAX {
-                return Err(Error::Invalid {
-                    what: "append",
-                    reason: format!("mailbox {name:?} has used up its UIDs"),
-                });
-            }
-            m.info.uidnext += 1;
-            m.info.highest_modseq += 1;
-            let modseq = m.info.highest_modseq;
-            let flags = dedup_flags(&msg.flags);
-            m.info.exists += 1;
-            if !is_seen(&flags) {
-                m.info.unseen += 1;
-            }
-            let meta = MessageMeta {
-                uid,
-                modseq,
-                flags,
-                internal_date: msg.internal_date,
-                size: msg.size,
-                blob_key: msg.blob_key.clone(),
-                header_prefix: msg.header_prefix,
-                envelope: msg.envelope,
-                bodystructure: msg.bodystructure,
-            };
-            let mut msgs = txn.open_table(MESSAGES).map_err(dberr)?;
-            msgs.insert((m.id, uid), encode(&meta)?.as_str())
-                .map_err(dberr)?;
-            put_mailbox(&mut mboxes, &a, &m)?;
-            rec.usage.bytes += msg.size;
-            rec.usage.messages += 1;
-            put_account(&mut accts, &a, &rec)?;
-            if let Some(key) = &msg.dedupe_key {
-                dedupe
-                    .insert((a.as_str(), key.as_str()), uid)
-                    .map_err(dberr)?;
-            }
-            blob_incr(txn, &msg.blob_key)?;
-            Ok(AppendOutcome::Appended { uid, modseq })
-        })
-        .await
+        // Group commit: appends arriving while a commit runs are written
+        // together by the next one (concurrent deliveries share an fsync).
+        let (done, result) = tokio::sync::oneshot::channel();
+        let start = {
+            let mut g = self.appends.lock().unwrap_or_else(|p| p.into_inner());
+            g.pending.push(PendingAppend {
+                account: a,
+                mailbox: name,
+                msg,
+                done,
+            });
+            !std::mem::replace(&mut g.committing, true)
+        };
+        if start {
+            tokio::spawn(self.clone().commit_appends());
+        }
+        result
+            .await
+            .map_err(|_| Error::Unavailable("embedded store committer stopped".into()))?
     }
 
     async fn fetch(
