@@ -559,6 +559,24 @@ async fn second_login_is_refused_while_locked() {
     assert_eq!(again.cmd("STAT").await, format!("+OK 1 {}\r\n", MSG1.len()));
 }
 
+/// The lock is released before QUIT is answered: a client that logs in
+/// again the moment it reads `+OK` never finds its own old lock.
+#[tokio::test]
+async fn relogin_right_after_quit_is_not_in_use() {
+    let s = server(|_| {}).await;
+    s.deliver("", MSG1).await;
+    for _ in 0..20 {
+        let mut c = s.login().await;
+        assert!(c.cmd("QUIT").await.starts_with("+OK"));
+        // No wait for the connection to close.
+        let mut next = s.connect().await;
+        next.cmd(&format!("USER {ALICE}")).await;
+        let r = next.cmd(&format!("PASS {ALICE_PW}")).await;
+        assert!(r.starts_with("+OK"), "{r}");
+        next.cmd("QUIT").await;
+    }
+}
+
 #[tokio::test]
 async fn renewal_keeps_the_lock_beyond_one_lease() {
     let s = server(|c| c.access.pop3_lock_lease_secs = 1).await;

@@ -763,9 +763,19 @@ impl Session {
             State::Transaction(md) => md,
         };
         let reply = self.update(&md).await;
+        // Release the maildrop lock before answering: a client that logs in
+        // again right after our +OK must not find its own lock (`[IN-USE]`).
+        md.lease.renewer.abort();
+        if let Err(e) = self
+            .ctx
+            .backends
+            .meta
+            .release_lease(&md.lease.name, &md.lease.owner)
+            .await
+        {
+            tracing::warn!(lease = %md.lease.name, error = %e, "cannot release POP3 lock (it will expire)");
+        }
         self.push(&reply);
-        // Put it back so `end` releases the lease.
-        self.state = State::Transaction(md);
         Flow::Close
     }
 
