@@ -84,6 +84,40 @@ pub struct BlobStore {
     /// The directory of a local store: reads go straight to the file (one
     /// blocking call instead of object_store's open, stat and read steps).
     local_dir: Option<Arc<std::path::PathBuf>>,
+    /// Recently read blobs (see [`BlobStore::with_cache`]).
+    cache: Option<Arc<std::sync::Mutex<Cache>>>,
+}
+
+/// A byte-bounded cache of verified blobs, evicting the oldest insert first
+/// (blobs are immutable, so there is nothing to invalidate).
+struct Cache {
+    max_bytes: usize,
+    bytes: usize,
+    map: std::collections::HashMap<String, Bytes>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl Cache {
+    fn get(&self, key: &str) -> Option<Bytes> {
+        self.map.get(key).cloned()
+    }
+
+    fn insert(&mut self, key: &str, b: &Bytes) {
+        if b.len() > self.max_bytes / 8 || self.map.contains_key(key) {
+            return;
+        }
+        while self.bytes + b.len() > self.max_bytes {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(v) = self.map.remove(&old) {
+                self.bytes -= v.len();
+            }
+        }
+        self.bytes += b.len();
+        self.map.insert(key.to_string(), b.clone());
+        self.order.push_back(key.to_string());
+    }
 }
 
 impl std::fmt::Debug for BlobStore {
@@ -106,6 +140,7 @@ impl BlobStore {
             store: Arc::new(store),
             describe: format!("local {}", dir.display()),
             local_dir: Some(Arc::new(dir.to_path_buf())),
+            cache: None,
         })
     }
 
@@ -115,6 +150,7 @@ impl BlobStore {
             store: Arc::new(object_store::memory::InMemory::new()),
             describe: "memory".into(),
             local_dir: None,
+            cache: None,
         }
     }
 
@@ -156,6 +192,7 @@ impl BlobStore {
             store: Arc::new(store),
             describe: format!("s3 {} bucket {}", cfg.endpoint, cfg.bucket),
             local_dir: None,
+            cache: None,
         })
     }
 
@@ -187,8 +224,39 @@ impl BlobStore {
         Ok(key)
     }
 
-    /// Read a whole blob and verify its hash.
+    /// This store with a per-process cache of up to `max_bytes` of recently
+    /// read blobs (`0`: none). Blobs are content-addressed and immutable,
+    /// so a cached blob is never stale. Blobs over 1/8 of the cache are not
+    /// kept.
+    pub fn with_cache(&self, max_bytes: usize) -> BlobStore {
+        let mut b = self.clone();
+        b.cache = (max_bytes > 0).then(|| {
+            Arc::new(std::sync::Mutex::new(Cache {
+                max_bytes,
+                bytes: 0,
+                map: std::collections::HashMap::new(),
+                order: std::collections::VecDeque::new(),
+            }))
+        });
+        b
+    }
+
+    /// Read a whole blob and verify its hash (from the cache, if enabled
+    /// and it holds the blob).
     pub async fn get(&self, key: &str) -> Result<Bytes> {
+        if let Some(c) = &self.cache
+            && let Some(b) = c.lock().unwrap_or_else(|p| p.into_inner()).get(key)
+        {
+            return Ok(b);
+        }
+        let b = self.get_uncached(key).await?;
+        if let Some(c) = &self.cache {
+            c.lock().unwrap_or_else(|p| p.into_inner()).insert(key, &b);
+        }
+        Ok(b)
+    }
+
+    async fn get_uncached(&self, key: &str) -> Result<Bytes> {
         let path = check_key(key)?;
         if let Some(dir) = &self.local_dir {
             // `check_key` allows only `msg/sha256/xx/<hex>`: no traversal.
@@ -289,6 +357,33 @@ impl BlobStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn cache_serves_and_evicts() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = BlobStore::local(dir.path()).unwrap();
+        let cached = plain.with_cache(8 * 100);
+        let a = plain.put(Bytes::from(vec![b'a'; 100])).await.unwrap();
+        let b = plain.put(Bytes::from(vec![b'b'; 100])).await.unwrap();
+        assert_eq!(cached.get(&a).await.unwrap().len(), 100);
+        // Served from the cache even once the file is gone.
+        let file = dir.path().join(&a);
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(cached.get(&a).await.unwrap()[0], b'a');
+        assert!(matches!(plain.get(&a).await, Err(Error::NotFound(_))));
+        // Filling it past its size evicts the oldest entry.
+        for i in 0..8u8 {
+            let k = plain.put(Bytes::from(vec![i; 100])).await.unwrap();
+            cached.get(&k).await.unwrap();
+        }
+        assert!(matches!(cached.get(&a).await, Err(Error::NotFound(_))));
+        assert_eq!(cached.get(&b).await.unwrap()[0], b'b');
+        // Too big for the cache: read every time, never kept.
+        let big = plain.put(Bytes::from(vec![b'x'; 200])).await.unwrap();
+        cached.get(&big).await.unwrap();
+        std::fs::remove_file(dir.path().join(&big)).unwrap();
+        assert!(cached.get(&big).await.is_err());
+    }
 
     #[test]
     fn key_shape() {

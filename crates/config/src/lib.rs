@@ -299,6 +299,8 @@ pub struct AccessConfig {
     pub max_append_size: u64,
     /// Seconds a successful password check is remembered (0: always run argon2).
     pub auth_cache_secs: u64,
+    /// Bytes of recently read message bodies kept per access process (0: none).
+    pub body_cache_bytes: u64,
 }
 
 impl Default for AccessConfig {
@@ -318,6 +320,7 @@ impl Default for AccessConfig {
             login_failure_window_secs: 300,
             max_append_size: 26_214_400,
             auth_cache_secs: 300,
+            body_cache_bytes: 64 << 20,
         }
     }
 }

@@ -75,7 +75,11 @@ pub enum Login {
 
 impl Ctx {
     /// A context over `backends`.
-    pub fn new(cfg: Arc<Config>, backends: Backends, tls: Option<TlsAcceptor>) -> Self {
+    pub fn new(cfg: Arc<Config>, mut backends: Backends, tls: Option<TlsAcceptor>) -> Self {
+        // A small per-process cache of message bodies (RETR, FETCH BODY[]).
+        backends.blobs = backends
+            .blobs
+            .with_cache(usize::try_from(cfg.access.body_cache_bytes).unwrap_or(usize::MAX));
         let window = Duration::from_secs(cfg.access.login_failure_window_secs);
         let max = cfg.access.max_login_failures;
         let auth_cache = Duration::from_secs(cfg.access.auth_cache_secs);
