@@ -171,17 +171,17 @@ impl EmbeddedStore {
                 .unzip();
             let db = self.db.clone();
             let path = self.path.clone();
-            let n = work.len();
             let res = run_blocking(move || {
                 let txn = db.begin_write().map_err(storage(&path))?;
                 let mut out = Vec::with_capacity(work.len());
                 let mut any = false;
                 for (a, name, msg) in work {
                     let r = append_in(&txn, &a, &name, msg);
-                    match &r {
-                        Err(Error::Unavailable(_) | Error::Corrupt(_)) => {
+                    match r {
+                        // May have written part of this append: drop the batch.
+                        Err(e @ (Error::Unavailable(_) | Error::Corrupt(_))) => {
                             let _ = txn.abort();
-                            return r.map(|_| Vec::new());
+                            return Err(e);
                         }
                         Ok(AppendOutcome::Appended { .. }) => any = true,
                         _ => {}
@@ -197,12 +197,11 @@ impl EmbeddedStore {
             })
             .await;
             match res {
-                Ok(out) if out.len() == n => {
+                Ok(out) => {
                     for (done, r) in dones.into_iter().zip(out) {
                         let _ = done.send(r);
                     }
                 }
-                Ok(_) => {}
                 Err(e) => {
                     let msg = e.to_string();
                     for done in dones {

@@ -254,10 +254,7 @@ impl Session {
             .get(&m.blob_key)
             .await
             .map_err(|_| no(Some("UNAVAILABLE"), "Message body unavailable, try again"))?;
-        let mut out = Vec::with_capacity(m.header_prefix.len() + blob.len());
-        out.extend_from_slice(m.header_prefix.as_bytes());
-        out.extend_from_slice(&blob);
-        Ok(out)
+        Ok(with_prefix(m, &blob))
     }
 
     pub(crate) async fn fetch(
@@ -434,12 +431,7 @@ impl Session {
                 continue;
             }
             let bytes = match body {
-                Some(Ok(blob)) => {
-                    let mut out = Vec::with_capacity(m.header_prefix.len() + blob.len());
-                    out.extend_from_slice(m.header_prefix.as_bytes());
-                    out.extend_from_slice(&blob);
-                    Some(out)
-                }
+                Some(Ok(blob)) => Some(with_prefix(m, &blob)),
                 Some(Err(_)) => {
                     return Err(no(
                         Some("UNAVAILABLE"),
@@ -477,11 +469,7 @@ impl Session {
                         let Some(b) = &bytes else { continue };
                         let data = binary_bytes(st.as_deref(), b, section)?;
                         let data = match partial {
-                            Some((start, len)) => {
-                                let s = (*start as usize).min(data.len());
-                                let e = s.saturating_add(len.get() as usize).min(data.len());
-                                data[s..e].to_vec()
-                            }
+                            Some((start, len)) => partial_of(&data, *start, len.get()),
                             None => data,
                         };
                         MessageDataItem::Binary {
@@ -552,9 +540,7 @@ impl Session {
                         };
                         let (data, origin) = match partial {
                             Some((start, len)) => {
-                                let s = (*start as usize).min(data.len());
-                                let e = s.saturating_add(len.get() as usize).min(data.len());
-                                (data[s..e].to_vec(), Some(*start))
+                                (partial_of(&data, *start, len.get()), Some(*start))
                             }
                             None => (data, None),
                         };
@@ -678,6 +664,21 @@ fn nstring8(data: Vec<u8>) -> NString8<'static> {
     } else {
         NString8::NString(literal(&data))
     }
+}
+
+/// The message as the client sees it: its header prefix, then the blob.
+fn with_prefix(m: &MessageMeta, blob: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(m.header_prefix.len() + blob.len());
+    out.extend_from_slice(m.header_prefix.as_bytes());
+    out.extend_from_slice(blob);
+    out
+}
+
+/// `<start.len>` of `data` (RFC 3501 partial fetch: clipped to the data).
+fn partial_of(data: &[u8], start: u32, len: u32) -> Vec<u8> {
+    let s = (start as usize).min(data.len());
+    let e = s.saturating_add(len as usize).min(data.len());
+    data[s..e].to_vec()
 }
 
 fn flags_item(flags: &[String]) -> MessageDataItem<'static> {

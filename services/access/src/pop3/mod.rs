@@ -765,16 +765,7 @@ impl Session {
         let reply = self.update(&md).await;
         // Release the maildrop lock before answering: a client that logs in
         // again right after our +OK must not find its own lock (`[IN-USE]`).
-        md.lease.renewer.abort();
-        if let Err(e) = self
-            .ctx
-            .backends
-            .meta
-            .release_lease(&md.lease.name, &md.lease.owner)
-            .await
-        {
-            tracing::warn!(lease = %md.lease.name, error = %e, "cannot release POP3 lock (it will expire)");
-        }
+        self.release(&md).await;
         self.push(&reply);
         Flow::Close
     }
@@ -856,17 +847,22 @@ impl Session {
 
     /// Session over: release the lock (no UPDATE here).
     async fn end(self) {
-        if let State::Transaction(md) = self.state {
-            md.lease.renewer.abort();
-            if let Err(e) = self
-                .ctx
-                .backends
-                .meta
-                .release_lease(&md.lease.name, &md.lease.owner)
-                .await
-            {
-                tracing::warn!(lease = %md.lease.name, error = %e, "cannot release POP3 lock (it will expire)");
-            }
+        if let State::Transaction(md) = &self.state {
+            self.release(md).await;
+        }
+    }
+
+    /// Stop renewing the maildrop lock and release it.
+    async fn release(&self, md: &Maildrop) {
+        md.lease.renewer.abort();
+        if let Err(e) = self
+            .ctx
+            .backends
+            .meta
+            .release_lease(&md.lease.name, &md.lease.owner)
+            .await
+        {
+            tracing::warn!(lease = %md.lease.name, error = %e, "cannot release POP3 lock (it will expire)");
         }
     }
 }
