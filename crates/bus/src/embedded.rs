@@ -269,16 +269,11 @@ impl Inner {
     /// Commit what is pending, batch after batch, until nothing is: run by
     /// one task at a time (the first publisher that found no committer).
     async fn commit_pending(self: Arc<Self>) {
-        loop {
-            let batch = {
-                let mut g = self.group.lock().unwrap_or_else(|p| p.into_inner());
-                if g.pending.is_empty() {
-                    g.committing = false;
-                    return;
-                }
-                std::mem::take(&mut g.pending)
-            };
-            let inner = self.clone();
+        let Some(mut batch) = self.take_pending() else {
+            return;
+        };
+        let mut me = Some(self);
+        while let Some(inner) = me.take() {
             let (reqs, dones): (Vec<_>, Vec<_>) = batch
                 .into_iter()
                 .map(|p| ((p.q, p.msg_id, p.payload), p.done))
@@ -291,6 +286,20 @@ impl Inner {
                 i.publish_batch(&view)
             })
             .await;
+            // Decide before answering: when the last caller hears back, this
+            // task no longer holds the database (a closed bus can be reopened
+            // at once).
+            let next = inner.take_pending();
+            match next {
+                Some(b) => {
+                    batch = b;
+                    me = Some(inner);
+                }
+                None => {
+                    batch = Vec::new();
+                    drop(inner);
+                }
+            }
             match res {
                 Ok(stored) => {
                     for (done, s) in dones.into_iter().zip(stored) {
@@ -304,6 +313,17 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// The publishes waiting for a commit; `None` (and no committer any
+    /// more) if there are none.
+    fn take_pending(&self) -> Option<Vec<PendingPublish>> {
+        let mut g = self.group.lock().unwrap_or_else(|p| p.into_inner());
+        if g.pending.is_empty() {
+            g.committing = false;
+            return None;
+        }
+        Some(std::mem::take(&mut g.pending))
     }
 
     /// Lease the oldest available item of queue `q`, moving items that

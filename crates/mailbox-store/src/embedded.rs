@@ -149,6 +149,17 @@ impl EmbeddedStore {
         })
     }
 
+    /// The appends waiting for a commit; `None` (and no committer any
+    /// more) if there are none.
+    fn take_pending(&self) -> Option<Vec<PendingAppend>> {
+        let mut g = self.appends.lock().unwrap_or_else(|p| p.into_inner());
+        if g.pending.is_empty() {
+            g.committing = false;
+            return None;
+        }
+        Some(std::mem::take(&mut g.pending))
+    }
+
     /// Write what is pending, batch after batch, each batch in one
     /// transaction (one fsync), until nothing is: run by one task at a time
     /// (the first appender that found no committer). An append that fails
@@ -156,21 +167,17 @@ impl EmbeddedStore {
     /// writing anything, so the others in its batch go ahead; a storage
     /// error fails the whole batch.
     async fn commit_appends(self) {
-        loop {
-            let batch = {
-                let mut g = self.appends.lock().unwrap_or_else(|p| p.into_inner());
-                if g.pending.is_empty() {
-                    g.committing = false;
-                    return;
-                }
-                std::mem::take(&mut g.pending)
-            };
+        let Some(mut batch) = self.take_pending() else {
+            return;
+        };
+        let mut me = Some(self);
+        while let Some(store) = me.take() {
             let (work, dones): (Vec<_>, Vec<_>) = batch
                 .into_iter()
                 .map(|p| ((p.account, p.mailbox, p.msg), p.done))
                 .unzip();
-            let db = self.db.clone();
-            let path = self.path.clone();
+            let db = store.db.clone();
+            let path = store.path.clone();
             let res = run_blocking(move || {
                 let txn = db.begin_write().map_err(storage(&path))?;
                 let mut out = Vec::with_capacity(work.len());
@@ -196,6 +203,18 @@ impl EmbeddedStore {
                 Ok(out)
             })
             .await;
+            // Decide before answering: when the last caller hears back, this
+            // task no longer holds the database (it can be reopened at once).
+            match store.take_pending() {
+                Some(b) => {
+                    batch = b;
+                    me = Some(store);
+                }
+                None => {
+                    batch = Vec::new();
+                    drop(store);
+                }
+            }
             match res {
                 Ok(out) => {
                     for (done, r) in dones.into_iter().zip(out) {
