@@ -13,6 +13,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use posthorn_backends::{Backends, BoxError, Provider, shutdown_channel};
 use posthorn_config::Config;
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit code for bad usage or configuration (sysexits EX_USAGE).
 const EX_USAGE: u8 = 64;
 
