@@ -71,6 +71,7 @@ fn s3_config(endpoint: String) -> posthorn_config::S3Config {
         secret_access_key_file: String::new(),
         allow_http: true,
         path_style: true,
+        sign_payload: false,
     }
 }
 

@@ -182,6 +182,11 @@ pub struct S3Config {
     pub allow_http: bool,
     /// Path-style requests (`endpoint/bucket/key`), needed by MinIO/Ceph/Garage.
     pub path_style: bool,
+    /// Sign each PUT's body (SigV4 payload hash) instead of sending
+    /// `UNSIGNED-PAYLOAD`. Off by default: keys are the body's SHA-256 and
+    /// every read is verified against it, so a second hash on each side
+    /// buys nothing but CPU (see docs/configuration.md).
+    pub sign_payload: bool,
 }
 
 impl Default for S3Config {
@@ -195,6 +200,7 @@ impl Default for S3Config {
             secret_access_key_file: String::new(),
             allow_http: false,
             path_style: true,
+            sign_payload: false,
         }
     }
 }
