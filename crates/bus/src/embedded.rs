@@ -3,18 +3,23 @@
 //!
 //! # Durability
 //!
-//! Every state change is a redb write transaction. `publish` and `term`
-//! commit with [`redb::Durability::Immediate`]: `publish` returns after the
-//! item is fsynced, `term` after the move to the dead table is. Publishes
-//! are group-committed: those that arrive while a commit runs are written
-//! together by the next transaction, one fsync for the lot (each caller
-//! still waits for its own item to be durable). `ack` and
-//! the delivery-count update of each delivery commit with
-//! [`redb::Durability::None`] (no fsync; made durable by the next immediate
-//! commit): a crash can only undo them, which means one redelivery of an
-//! acked item (consumers dedupe, DESIGN.md invariant 2) or a delivery count
-//! one lower than it was (a poison item is dead-lettered one delivery
-//! later). That halves the fsyncs per message.
+//! `publish` and `term` commit with [`redb::Durability::Immediate`]:
+//! `publish` returns after the item is fsynced, `term` after the move to the
+//! dead table is. Publishes are group-committed: those that arrive while a
+//! commit runs are written together by the next transaction, one fsync for
+//! the lot (each caller still waits for its own item to be durable).
+//!
+//! Handing an item out and acking it take no transaction of their own:
+//! redb allows one writer at a time, and a claim or ack waiting behind a
+//! publish's fsync held up routing (the tail latency of `bench/latency.py`).
+//! A claim reads; the raised delivery count and the ack are kept in memory
+//! (an acked item is never handed out again) and written by the next group
+//! commit, which runs as soon as there is such work: with the publishes'
+//! fsync if there are any, else with [`redb::Durability::None`] (made
+//! durable by the next immediate commit). A crash can only undo them, which
+//! means one redelivery of an acked item (consumers dedupe, DESIGN.md
+//! invariant 2) or a lower delivery count (a poison item is dead-lettered a
+//! few deliveries later).
 //!
 //! # Semantics and simplifications
 //!
@@ -38,7 +43,7 @@
 //!   [`EVENT_CAPACITY`]; a lagging subscriber skips events, which only costs
 //!   latency).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -140,11 +145,24 @@ struct Hold {
 struct State {
     holds: HashMap<(u8, u64), Hold>,
     last_dedupe_gc: Option<Instant>,
+    /// Delivery counts raised by claims of this process (until acked).
+    attempts: HashMap<(u8, u64), u32>,
+    /// Keys of `attempts` not written to the table yet.
+    dirty: HashSet<(u8, u64)>,
+    /// Acked items the next commit removes: never handed out again.
+    acked: HashSet<(u8, u64)>,
 }
 
 impl State {
     fn busy(&self, key: (u8, u64), now: Instant) -> bool {
-        self.holds.get(&key).is_some_and(|h| h.until > now)
+        self.acked.contains(&key) || self.holds.get(&key).is_some_and(|h| h.until > now)
+    }
+
+    /// Forget what this process knows of an item that left the queue.
+    fn gone(&mut self, key: (u8, u64)) {
+        self.holds.remove(&key);
+        self.attempts.remove(&key);
+        self.dirty.remove(&key);
     }
 
     /// Earliest moment a hold of `queue` expires (after `now`).
@@ -179,10 +197,12 @@ struct PendingPublish {
     done: tokio::sync::oneshot::Sender<Result<bool>>,
 }
 
-/// Publishes waiting for a commit, and whether a committer is running.
+/// Publishes waiting for a commit, whether acks or delivery counts wait
+/// too (`flush`), and whether a committer is running.
 #[derive(Default)]
 struct Group {
     pending: Vec<PendingPublish>,
+    flush: bool,
     committing: bool,
 }
 
@@ -208,23 +228,53 @@ impl Inner {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Store a batch of publishes in one transaction (one fsync): whether
-    /// each was stored (`false`: a duplicate).
+    /// Store a batch of publishes in one transaction (one fsync), with the
+    /// acks and delivery counts kept in memory so far: whether each publish
+    /// was stored (`false`: a duplicate).
     fn publish_batch(&self, batch: &[(u8, &str, &[u8])]) -> Result<Vec<bool>> {
         let now_ms = unix_ms();
         let window_ms = DEDUPE_WINDOW.as_millis() as u64;
-        let gc = {
+        let (gc, acks, counts) = {
             let mut st = self.state();
-            let due = st
-                .last_dedupe_gc
-                .is_none_or(|t| t.elapsed() >= DEDUPE_GC_EVERY);
+            let due = !batch.is_empty()
+                && st
+                    .last_dedupe_gc
+                    .is_none_or(|t| t.elapsed() >= DEDUPE_GC_EVERY);
             if due {
                 st.last_dedupe_gc = Some(Instant::now());
             }
-            due
+            let acks: Vec<(u8, u64)> = st.acked.iter().copied().collect();
+            let counts: Vec<((u8, u64), u32)> = st
+                .dirty
+                .iter()
+                .filter_map(|k| st.attempts.get(k).map(|n| (*k, *n)))
+                .collect();
+            (due, acks, counts)
         };
-        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
         let mut stored = Vec::with_capacity(batch.len());
+        let mut changed = false;
+        {
+            let mut items = txn.open_table(ITEMS).map_err(|e| self.err(e))?;
+            for key in &acks {
+                changed |= items.remove(*key).map_err(|e| self.err(e))?.is_some();
+            }
+            for (key, n) in &counts {
+                let raw = items
+                    .get(*key)
+                    .map_err(|e| self.err(e))?
+                    .map(|v| v.value().to_vec());
+                if let Some(raw) = raw {
+                    let (deliveries, msg_id, payload) = decode_item(&raw)?;
+                    if deliveries < *n {
+                        items
+                            .insert(*key, encode_item(*n, &msg_id, &payload).as_slice())
+                            .map_err(|e| self.err(e))?;
+                        changed = true;
+                    }
+                }
+            }
+        }
         {
             let mut dedupe = txn.open_table(DEDUPE).map_err(|e| self.err(e))?;
             if gc {
@@ -260,10 +310,35 @@ impl Inner {
         }
         if stored.iter().any(|s| *s) {
             txn.commit().map_err(|e| self.err(e))?;
+        } else if changed {
+            // Acks and counts only: no fsync of their own (see module docs).
+            let _ = txn.set_durability(redb::Durability::None);
+            txn.commit().map_err(|e| self.err(e))?;
         } else {
             txn.abort().map_err(|e| self.err(e))?;
         }
+        let mut st = self.state();
+        for key in &acks {
+            st.acked.remove(key);
+        }
+        for (key, n) in &counts {
+            if st.attempts.get(key) == Some(n) {
+                st.dirty.remove(key);
+            }
+        }
         Ok(stored)
+    }
+
+    /// Have the committer write the acks and counts kept in memory soon.
+    fn kick(self: &Arc<Self>) {
+        let start = {
+            let mut g = self.group.lock().unwrap_or_else(|p| p.into_inner());
+            g.flush = true;
+            !std::mem::replace(&mut g.committing, true)
+        };
+        if start {
+            tokio::spawn(self.clone().commit_pending());
+        }
     }
 
     /// Commit what is pending, batch after batch, until nothing is: run by
@@ -319,75 +394,65 @@ impl Inner {
     /// more) if there are none.
     fn take_pending(&self) -> Option<Vec<PendingPublish>> {
         let mut g = self.group.lock().unwrap_or_else(|p| p.into_inner());
-        if g.pending.is_empty() {
+        if g.pending.is_empty() && !g.flush {
             g.committing = false;
             return None;
         }
+        g.flush = false;
         Some(std::mem::take(&mut g.pending))
     }
 
     /// Lease the oldest available item of queue `q`, moving items that
     /// exceeded `max_deliver` to the dead table on the way. Returns the
-    /// delivery or, if none is available, when the next hold expires.
+    /// delivery or, if none is available, when the next hold expires. A read
+    /// transaction: the raised delivery count is written by a later commit
+    /// (see the module docs).
     fn claim(&self, q: u8, config: ConsumerConfig) -> Result<Claim> {
         let mut st = self.state();
         let now = Instant::now();
         st.holds.retain(|_, h| h.until > now);
-        let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
-        // Not fsynced: a delivery count lost in a crash only delays the
-        // dead-lettering of a poison item; the next durable commit (any
-        // publish) persists it. Saves one fsync per delivered item.
-        let _ = txn.set_durability(redb::Durability::None);
         let mut found = None;
-        let mut changed = false;
+        let mut poison = Vec::new();
         {
-            let mut items = txn.open_table(ITEMS).map_err(|e| self.err(e))?;
-            let mut dead = txn.open_table(DEAD).map_err(|e| self.err(e))?;
-            let mut from = 0u64;
-            'scan: loop {
-                // Collect a few available candidates, then update them
-                // (cannot mutate while the range borrows the table).
-                let mut batch: Vec<(u64, Vec<u8>)> = Vec::new();
-                for entry in items
-                    .range((q, from)..=(q, u64::MAX))
-                    .map_err(|e| self.err(e))?
-                {
-                    let (k, v) = entry.map_err(|e| self.err(e))?;
-                    let seq = k.value().1;
-                    if !st.busy((q, seq), now) {
-                        batch.push((seq, v.value().to_vec()));
-                        if batch.len() >= 16 {
-                            break;
-                        }
-                    }
+            let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+            let items = txn.open_table(ITEMS).map_err(|e| self.err(e))?;
+            for entry in items
+                .range((q, 0u64)..=(q, u64::MAX))
+                .map_err(|e| self.err(e))?
+            {
+                let (k, v) = entry.map_err(|e| self.err(e))?;
+                let key = k.value();
+                if st.busy(key, now) {
+                    continue;
                 }
-                if batch.is_empty() {
-                    break 'scan;
+                let (deliveries, msg_id, payload) = decode_item(v.value())?;
+                let known = st.attempts.get(&key).copied().unwrap_or(0);
+                let attempt = deliveries.max(known).saturating_add(1);
+                if attempt > config.max_deliver {
+                    tracing::warn!(queue = q, %msg_id, deliveries = attempt - 1, "embedded bus: max_deliver exceeded, moved to dead letters");
+                    poison.push((key, msg_id, payload));
+                    continue;
                 }
-                for (seq, raw) in batch {
-                    from = seq + 1;
-                    let (deliveries, msg_id, payload) = decode_item(&raw)?;
-                    let attempt = deliveries.saturating_add(1);
-                    changed = true;
-                    if attempt > config.max_deliver {
-                        items.remove((q, seq)).map_err(|e| self.err(e))?;
-                        dead.insert((q, seq), encode_dead(&msg_id, &payload).as_slice())
-                            .map_err(|e| self.err(e))?;
-                        tracing::warn!(queue = q, %msg_id, deliveries, "embedded bus: max_deliver exceeded, moved to dead letters");
-                        continue;
-                    }
-                    items
-                        .insert((q, seq), encode_item(attempt, &msg_id, &payload).as_slice())
-                        .map_err(|e| self.err(e))?;
-                    found = Some((seq, attempt, msg_id, payload));
-                    break 'scan;
-                }
+                found = Some((key.1, attempt, msg_id, payload));
+                break;
             }
         }
-        if changed {
+        if !poison.is_empty() {
+            // Rare: a write of its own, durable like `term`.
+            let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+            {
+                let mut items = txn.open_table(ITEMS).map_err(|e| self.err(e))?;
+                let mut dead = txn.open_table(DEAD).map_err(|e| self.err(e))?;
+                for (key, msg_id, payload) in &poison {
+                    items.remove(*key).map_err(|e| self.err(e))?;
+                    dead.insert(*key, encode_dead(msg_id, payload).as_slice())
+                        .map_err(|e| self.err(e))?;
+                }
+            }
             txn.commit().map_err(|e| self.err(e))?;
-        } else {
-            txn.abort().map_err(|e| self.err(e))?;
+            for (key, _, _) in &poison {
+                st.gone(*key);
+            }
         }
         match found {
             Some((seq, attempt, msg_id, payload)) => {
@@ -399,6 +464,8 @@ impl Inner {
                         token: Some(token),
                     },
                 );
+                st.attempts.insert((q, seq), attempt);
+                st.dirty.insert((q, seq));
                 Ok(Claim::Leased {
                     seq,
                     attempt,
@@ -413,24 +480,15 @@ impl Inner {
         }
     }
 
-    fn ack(&self, q: u8, seq: u64) -> Result<()> {
-        let mut st = self.state();
-        let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
-        // Not fsynced: an ack lost in a crash means one redelivery, which
-        // consumers dedupe (DESIGN.md invariant 2); it becomes durable with
-        // the next durable commit. Saves one fsync per item.
-        let _ = txn.set_durability(redb::Durability::None);
-        let removed = {
-            let mut items = txn.open_table(ITEMS).map_err(|e| self.err(e))?;
-            items.remove((q, seq)).map_err(|e| self.err(e))?.is_some()
-        };
-        if removed {
-            txn.commit().map_err(|e| self.err(e))?;
-        } else {
-            txn.abort().map_err(|e| self.err(e))?;
+    /// Mark an item acked: it is never handed out again, and the next
+    /// commit removes it (see the module docs).
+    fn ack(self: &Arc<Self>, q: u8, seq: u64) {
+        {
+            let mut st = self.state();
+            st.gone((q, seq));
+            st.acked.insert((q, seq));
         }
-        st.holds.remove(&(q, seq));
-        Ok(())
+        self.kick();
     }
 
     fn term(&self, q: u8, seq: u64) -> Result<()> {
@@ -458,11 +516,12 @@ impl Inner {
         } else {
             txn.abort().map_err(|e| self.err(e))?;
         }
-        st.holds.remove(&(q, seq));
+        st.gone((q, seq));
         Ok(())
     }
 
     fn depth(&self, q: u8) -> Result<u64> {
+        let st = self.state();
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;
         let items = txn.open_table(ITEMS).map_err(|e| self.err(e))?;
         let mut n = 0u64;
@@ -470,8 +529,10 @@ impl Inner {
             .range((q, 0u64)..=(q, u64::MAX))
             .map_err(|e| self.err(e))?
         {
-            entry.map_err(|e| self.err(e))?;
-            n += 1;
+            let (k, _) = entry.map_err(|e| self.err(e))?;
+            if !st.acked.contains(&k.value()) {
+                n += 1;
+            }
         }
         Ok(n)
     }
@@ -534,7 +595,18 @@ impl EmbeddedBus {
         let err = |e: &dyn std::fmt::Display| {
             Error::Unavailable(format!("embedded bus {}: {e}", path.display()))
         };
-        let db = Database::create(path).map_err(|e| err(&e))?;
+        // A bus just closed in this process may still be held for a moment
+        // by its committer task finishing the last write: wait for it.
+        let mut tries = 0;
+        let db = loop {
+            match Database::create(path) {
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) if tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                r => break r.map_err(|e| err(&e))?,
+            }
+        };
         // Create the tables so read transactions always find them.
         let txn = db.begin_write().map_err(|e| err(&e))?;
         {
@@ -682,7 +754,8 @@ impl Consumer for EmbeddedConsumer {
             tokio::pin!(notified);
             notified.as_mut().enable();
 
-            let claimed = blocking(&self.inner, move |i| i.claim(q, config)).await?;
+            // A read transaction (no waiting for a writer): done in place.
+            let claimed = self.inner.claim(q, config)?;
             let next_expiry = match claimed {
                 Claim::Leased {
                     seq,
@@ -691,6 +764,8 @@ impl Consumer for EmbeddedConsumer {
                     payload,
                     token,
                 } => {
+                    // Write the raised delivery count soon.
+                    self.inner.kick();
                     return Ok(Some(Delivery {
                         msg_id,
                         payload,
@@ -734,8 +809,8 @@ struct EmbeddedAcker {
 #[async_trait]
 impl Acker for EmbeddedAcker {
     async fn ack(&self) -> Result<()> {
-        let (q, seq) = (self.queue, self.seq);
-        blocking(&self.inner, move |i| i.ack(q, seq)).await
+        self.inner.ack(self.queue, self.seq);
+        Ok(())
     }
 
     async fn nak(&self, delay: Option<Duration>) -> Result<()> {

@@ -105,3 +105,50 @@ async fn next_wakes_promptly_on_publish() {
     assert_eq!(id.as_deref(), Some("wake-1"));
     assert!(t_pub.elapsed() < Duration::from_secs(2));
 }
+
+/// Acks are written by a later commit (no transaction of their own): an
+/// acked item is gone at once for consumers and `depth`, and stays gone
+/// after the file is closed and reopened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_are_kept_across_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bus.redb");
+    let config = ConsumerConfig {
+        ack_wait: Duration::from_secs(30),
+        max_deliver: 5,
+    };
+    {
+        let bus = EmbeddedBus::open(&path).expect("open");
+        for i in 0..20 {
+            bus.publish(Queue::Inbound, &format!("m{i}"), Bytes::from_static(b"x"))
+                .await
+                .expect("publish");
+        }
+        let mut c = bus
+            .consumer(Queue::Inbound, "router", config)
+            .await
+            .expect("consumer");
+        for i in 0..15 {
+            let d = c
+                .next(Duration::from_secs(5))
+                .await
+                .expect("next")
+                .expect("a delivery");
+            assert_eq!(d.msg_id, format!("m{i}"));
+            d.ack().await.expect("ack");
+        }
+        assert_eq!(bus.depth(Queue::Inbound).await.expect("depth"), 5);
+    }
+    let bus = EmbeddedBus::open(&path).expect("reopen");
+    assert_eq!(bus.depth(Queue::Inbound).await.expect("depth"), 5);
+    let mut c = bus
+        .consumer(Queue::Inbound, "router", config)
+        .await
+        .expect("consumer");
+    let d = c
+        .next(Duration::from_secs(5))
+        .await
+        .expect("next")
+        .expect("a delivery");
+    assert_eq!(d.msg_id, "m15", "acked items are not handed out again");
+}
