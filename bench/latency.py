@@ -10,12 +10,40 @@ it was.
 
 usage: latency.py SMTP_PORT IMAP_PORT USER PASSWORD RCPT [RATE] [SECONDS] [SENDERS]
 """
-import socket, ssl, smtplib, sys, threading, time, re
+import multiprocessing, socket, ssl, smtplib, sys, threading, time, re
 
 smtp_port, imap_port, user, password, rcpt = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 rate = float(sys.argv[6]) if len(sys.argv) > 6 else 200.0
 seconds = float(sys.argv[7]) if len(sys.argv) > 7 else 15.0
 senders = int(sys.argv[8]) if len(sys.argv) > 8 else 4
+
+body = ("Subject: latency\r\n\r\n" + "x" * 5000 + "\r\n").encode()
+
+def sender(i, out):
+    # Each sender is a process of its own: sender threads in this process
+    # would hold the GIL while the IDLE reader waits to timestamp an EXISTS
+    # (Python's switch interval is 5 ms), adding the client's own delays to
+    # the tail. time.monotonic() is CLOCK_MONOTONIC, one clock for all
+    # processes of the machine.
+    go.wait()
+    c = smtplib.SMTP("127.0.0.1", smtp_port, timeout=60)
+    c.ehlo("lat.example.org")
+    interval = senders / rate
+    nxt = stop.value - seconds + i * interval / senders
+    times = []
+    while time.monotonic() < stop.value:
+        d = nxt - time.monotonic()
+        if d > 0: time.sleep(d)
+        c.sendmail("lat@example.org", [rcpt], body)
+        times.append(time.monotonic())
+        nxt += interval
+    c.quit()
+    out.put(times)
+
+# Forked before any connection exists; they start on `go`.
+go, stop, out = multiprocessing.Event(), multiprocessing.Value("d", 0.0), multiprocessing.Queue()
+procs = [multiprocessing.Process(target=sender, args=(i, out)) for i in range(senders)]
+for p in procs: p.start()
 
 ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
 s = socket.create_connection(("127.0.0.1", imap_port), timeout=60)
@@ -53,25 +81,11 @@ def reader():
         if m: visible.append((time.monotonic(), int(m.group(1)) - base))
 threading.Thread(target=reader, daemon=True).start()
 
+stop.value = time.monotonic() + seconds
+go.set()
 accepted = []  # times of 250
-lock = threading.Lock()
-body = ("Subject: latency\r\n\r\n" + "x" * 5000 + "\r\n").encode()
-stop = time.monotonic() + seconds
-def sender(i):
-    c = smtplib.SMTP("127.0.0.1", smtp_port, timeout=60)
-    c.ehlo("lat.example.org")
-    interval = senders / rate
-    nxt = time.monotonic()
-    while time.monotonic() < stop:
-        c.sendmail("lat@example.org", [rcpt], body)
-        with lock: accepted.append(time.monotonic())
-        nxt += interval
-        d = nxt - time.monotonic()
-        if d > 0: time.sleep(d)
-    c.quit()
-ths = [threading.Thread(target=sender, args=(i,)) for i in range(senders)]
-for th in ths: th.start()
-for th in ths: th.join()
+for _ in procs: accepted.extend(out.get())
+for p in procs: p.join()
 deadline = time.monotonic() + 30
 while time.monotonic() < deadline and (not visible or visible[-1][1] < len(accepted)):
     time.sleep(0.05)
