@@ -24,6 +24,8 @@ apt_install() {
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v swaks >/dev/null || need_apt+=(swaks)
+# swaks's STARTTLS needs these (Debian only recommends them).
+perl -MNet::SSLeay -MIO::Socket::SSL -e1 2>/dev/null || need_apt+=(libnet-ssleay-perl libio-socket-ssl-perl)
 command -v fetchmail >/dev/null || need_apt+=(fetchmail)
 command -v mbsync >/dev/null || need_apt+=(isync)
 command -v python3 >/dev/null || need_apt+=(python3)
