@@ -54,6 +54,8 @@ use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{Notify, broadcast};
 
+use posthorn_runtime::group_commit::GroupCommit;
+
 use crate::{
     Acker, Bus, Consumer, ConsumerConfig, Delivery, Error, EventStream, MailboxEvent, Queue, Result,
 };
@@ -189,29 +191,16 @@ enum Claim {
     Empty { next_expiry: Option<Instant> },
 }
 
-/// One publish waiting for the group commit.
-struct PendingPublish {
-    q: u8,
-    msg_id: String,
-    payload: Bytes,
-    done: tokio::sync::oneshot::Sender<Result<bool>>,
-}
-
-/// Publishes waiting for a commit, whether acks or delivery counts wait
-/// too (`flush`), and whether a committer is running.
-#[derive(Default)]
-struct Group {
-    pending: Vec<PendingPublish>,
-    flush: bool,
-    committing: bool,
-}
+/// One publish for the group commit: queue, msg_id, payload.
+type Publish = (u8, String, Bytes);
 
 struct Inner {
     path: PathBuf,
     db: Database,
     state: Mutex<State>,
-    /// Group commit of publishes (see [`EmbeddedBus::publish`]).
-    group: Mutex<Group>,
+    /// Group commit of publishes (see [`EmbeddedBus::publish`]), and of
+    /// acks and delivery counts ([`Inner::kick`]).
+    group: Arc<GroupCommit<Publish, Result<bool>>>,
     notify: [Notify; 2],
     events: broadcast::Sender<MailboxEvent>,
     tokens: AtomicU64,
@@ -331,75 +320,20 @@ impl Inner {
 
     /// Have the committer write the acks and counts kept in memory soon.
     fn kick(self: &Arc<Self>) {
-        let start = {
-            let mut g = self.group.lock().unwrap_or_else(|p| p.into_inner());
-            g.flush = true;
-            !std::mem::replace(&mut g.committing, true)
-        };
-        if start {
-            tokio::spawn(self.clone().commit_pending());
-        }
+        let me = self.clone();
+        self.group.kick(move |batch| me.commit_batch(batch));
     }
 
-    /// Commit what is pending, batch after batch, until nothing is: run by
-    /// one task at a time (the first publisher that found no committer).
-    async fn commit_pending(self: Arc<Self>) {
-        let Some(mut batch) = self.take_pending() else {
-            return;
-        };
-        let mut me = Some(self);
-        while let Some(inner) = me.take() {
-            let (reqs, dones): (Vec<_>, Vec<_>) = batch
-                .into_iter()
-                .map(|p| ((p.q, p.msg_id, p.payload), p.done))
-                .unzip();
-            let res = blocking(&inner, move |i| {
-                let view: Vec<(u8, &str, &[u8])> = reqs
-                    .iter()
-                    .map(|(q, id, p)| (*q, id.as_str(), p.as_ref()))
-                    .collect();
-                i.publish_batch(&view)
-            })
-            .await;
-            // Decide before answering: when the last caller hears back, this
-            // task no longer holds the database (a closed bus can be reopened
-            // at once).
-            let next = inner.take_pending();
-            match next {
-                Some(b) => {
-                    batch = b;
-                    me = Some(inner);
-                }
-                None => {
-                    batch = Vec::new();
-                    drop(inner);
-                }
-            }
-            match res {
-                Ok(stored) => {
-                    for (done, s) in dones.into_iter().zip(stored) {
-                        let _ = done.send(Ok(s));
-                    }
-                }
-                Err(e) => {
-                    for done in dones {
-                        let _ = done.send(Err(e.clone()));
-                    }
-                }
-            }
+    /// One group commit (see [`Inner::publish_batch`]): each publish's result.
+    fn commit_batch(&self, batch: Vec<Publish>) -> Vec<Result<bool>> {
+        let view: Vec<(u8, &str, &[u8])> = batch
+            .iter()
+            .map(|(q, id, p)| (*q, id.as_str(), p.as_ref()))
+            .collect();
+        match self.publish_batch(&view) {
+            Ok(stored) => stored.into_iter().map(Ok).collect(),
+            Err(e) => batch.iter().map(|_| Err(e.clone())).collect(),
         }
-    }
-
-    /// The publishes waiting for a commit; `None` (and no committer any
-    /// more) if there are none.
-    fn take_pending(&self) -> Option<Vec<PendingPublish>> {
-        let mut g = self.group.lock().unwrap_or_else(|p| p.into_inner());
-        if g.pending.is_empty() && !g.flush {
-            g.committing = false;
-            return None;
-        }
-        g.flush = false;
-        Some(std::mem::take(&mut g.pending))
     }
 
     /// Lease the oldest available item of queue `q`, moving items that
@@ -622,7 +556,7 @@ impl EmbeddedBus {
                 path: path.to_path_buf(),
                 db,
                 state: Mutex::new(State::default()),
-                group: Mutex::new(Group::default()),
+                group: Arc::new(GroupCommit::new()),
                 notify: [Notify::new(), Notify::new()],
                 events,
                 tokens: AtomicU64::new(1),
@@ -646,23 +580,15 @@ impl Bus for EmbeddedBus {
         // fsyncs instead of queueing for one each. Every caller still returns
         // only after its own item is durable.
         let q = qid(queue);
-        let (done, result) = tokio::sync::oneshot::channel();
-        let start = {
-            let mut g = self.inner.group.lock().unwrap_or_else(|p| p.into_inner());
-            g.pending.push(PendingPublish {
-                q,
-                msg_id: msg_id.to_string(),
-                payload,
-                done,
-            });
-            !std::mem::replace(&mut g.committing, true)
-        };
-        if start {
-            tokio::spawn(self.inner.clone().commit_pending());
-        }
-        let stored = result
+        let inner = self.inner.clone();
+        let stored = self
+            .inner
+            .group
+            .submit((q, msg_id.to_string(), payload), move |batch| {
+                inner.commit_batch(batch)
+            })
             .await
-            .map_err(|_| Error::Other("embedded bus committer stopped".into()))??;
+            .ok_or_else(|| Error::Other("embedded bus committer stopped".into()))??;
         if stored {
             self.inner.notify[q as usize].notify_waiters();
         } else {

@@ -30,6 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use posthorn_runtime::group_commit::GroupCommit;
 use redb::{
     Database, ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition,
     WriteTransaction,
@@ -77,23 +78,8 @@ struct MailboxRec {
 pub struct EmbeddedStore {
     db: Arc<Database>,
     path: Arc<PathBuf>,
-    /// Group commit of appends (see [`EmbeddedStore::commit_appends`]).
-    appends: Arc<std::sync::Mutex<AppendGroup>>,
-}
-
-/// One append waiting for the group commit.
-struct PendingAppend {
-    account: String,
-    mailbox: String,
-    msg: NewMessage,
-    done: tokio::sync::oneshot::Sender<Result<AppendOutcome>>,
-}
-
-/// Appends waiting for a commit, and whether a committer is running.
-#[derive(Default)]
-struct AppendGroup {
-    pending: Vec<PendingAppend>,
-    committing: bool,
+    /// Group commit of appends (see [`append_batch`]).
+    appends: Arc<GroupCommit<(String, String, NewMessage), Result<AppendOutcome>>>,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -145,90 +131,8 @@ impl EmbeddedStore {
         Ok(Self {
             db: Arc::new(db),
             path: Arc::new(path.to_path_buf()),
-            appends: Arc::default(),
+            appends: Arc::new(GroupCommit::new()),
         })
-    }
-
-    /// The appends waiting for a commit; `None` (and no committer any
-    /// more) if there are none.
-    fn take_pending(&self) -> Option<Vec<PendingAppend>> {
-        let mut g = self.appends.lock().unwrap_or_else(|p| p.into_inner());
-        if g.pending.is_empty() {
-            g.committing = false;
-            return None;
-        }
-        Some(std::mem::take(&mut g.pending))
-    }
-
-    /// Write what is pending, batch after batch, each batch in one
-    /// transaction (one fsync), until nothing is: run by one task at a time
-    /// (the first appender that found no committer). An append that fails
-    /// on its own (no such account or mailbox, UIDs used up) fails before
-    /// writing anything, so the others in its batch go ahead; a storage
-    /// error fails the whole batch.
-    async fn commit_appends(self) {
-        let Some(mut batch) = self.take_pending() else {
-            return;
-        };
-        let mut me = Some(self);
-        while let Some(store) = me.take() {
-            let (work, dones): (Vec<_>, Vec<_>) = batch
-                .into_iter()
-                .map(|p| ((p.account, p.mailbox, p.msg), p.done))
-                .unzip();
-            let db = store.db.clone();
-            let path = store.path.clone();
-            let res = run_blocking(move || {
-                let txn = db.begin_write().map_err(storage(&path))?;
-                let mut out = Vec::with_capacity(work.len());
-                let mut any = false;
-                for (a, name, msg) in work {
-                    let r = append_in(&txn, &a, &name, msg);
-                    match r {
-                        // May have written part of this append: drop the batch.
-                        Err(e @ (Error::Unavailable(_) | Error::Corrupt(_))) => {
-                            let _ = txn.abort();
-                            return Err(e);
-                        }
-                        Ok(AppendOutcome::Appended { .. }) => any = true,
-                        _ => {}
-                    }
-                    out.push(r);
-                }
-                if any {
-                    txn.commit().map_err(storage(&path))?;
-                } else {
-                    let _ = txn.abort();
-                }
-                Ok(out)
-            })
-            .await;
-            // Decide before answering: when the last caller hears back, this
-            // task no longer holds the database (it can be reopened at once).
-            match store.take_pending() {
-                Some(b) => {
-                    batch = b;
-                    me = Some(store);
-                }
-                None => {
-                    batch = Vec::new();
-                    drop(store);
-                }
-            }
-            match res {
-                Ok(out) => {
-                    for (done, r) in dones.into_iter().zip(out) {
-                        let _ = done.send(r);
-                    }
-                }
-                Err(e) => {
-                    let msg = e.to_string();
-                    for done in dones {
-                        let _ = done.send(Err(Error::Unavailable(msg.clone())));
-                    }
-                }
-            }
-        }
     }
 
     /// Run `f` in one write transaction on the blocking pool; commit if it
@@ -459,8 +363,53 @@ fn purge_mailbox(txn: &WriteTransaction, id: u64, acct: &mut AccountRec) -> Resu
     Ok(())
 }
 
-/// The body of one append inside `txn` (see [`EmbeddedStore::commit_appends`]:
-/// every error other than a storage one happens before the first write).
+/// One group commit of appends (account, mailbox, message), in one
+/// transaction (one fsync). An append that fails on its own (no such
+/// account or mailbox, UIDs used up) fails before writing anything, so the
+/// others in its batch go ahead; a storage error fails the whole batch.
+fn append_batch(
+    db: &Database,
+    path: &std::path::Path,
+    work: Vec<(String, String, NewMessage)>,
+) -> Vec<Result<AppendOutcome>> {
+    let n = work.len();
+    let res = (|| {
+        let txn = db.begin_write().map_err(storage(path))?;
+        let mut out = Vec::with_capacity(n);
+        let mut any = false;
+        for (a, name, msg) in work {
+            let r = append_in(&txn, &a, &name, msg);
+            match r {
+                // May have written part of this append: drop the batch.
+                Err(e @ (Error::Unavailable(_) | Error::Corrupt(_))) => {
+                    let _ = txn.abort();
+                    return Err(e);
+                }
+                Ok(AppendOutcome::Appended { .. }) => any = true,
+                _ => {}
+            }
+            out.push(r);
+        }
+        if any {
+            txn.commit().map_err(storage(path))?;
+        } else {
+            let _ = txn.abort();
+        }
+        Ok(out)
+    })();
+    match res {
+        Ok(out) => out,
+        Err(e) => {
+            let msg = e.to_string();
+            (0..n)
+                .map(|_| Err(Error::Unavailable(msg.clone())))
+                .collect()
+        }
+    }
+}
+
+/// The body of one append inside `txn` (see [`append_batch`]: every error
+/// other than a storage one happens before the first write).
 fn append_in(
     txn: &WriteTransaction,
     a: &str,
@@ -908,23 +857,15 @@ impl MetaStore for EmbeddedStore {
         check_flags(&msg.flags)?;
         // Group commit: appends arriving while a commit runs are written
         // together by the next one (concurrent deliveries share an fsync).
-        let (done, result) = tokio::sync::oneshot::channel();
-        let start = {
-            let mut g = self.appends.lock().unwrap_or_else(|p| p.into_inner());
-            g.pending.push(PendingAppend {
-                account: a,
-                mailbox: name,
-                msg,
-                done,
-            });
-            !std::mem::replace(&mut g.committing, true)
-        };
-        if start {
-            tokio::spawn(self.clone().commit_appends());
-        }
-        result
+        let (db, path) = (self.db.clone(), self.path.clone());
+        self.appends
+            .submit((a, name, msg), move |work| append_batch(&db, &path, work))
             .await
-            .map_err(|_| Error::Unavailable("embedded store committer stopped".into()))?
+            .unwrap_or_else(|| {
+                Err(Error::Unavailable(
+                    "embedded store committer stopped".into(),
+                ))
+            })
     }
 
     async fn fetch(

@@ -5,8 +5,11 @@
 //!   on the tier's side HTTP port by [`serve_http`] (`/healthz`, `/readyz`,
 //!   `/metrics`).
 //! - [`Backoff`]: jittered exponential backoff for reconnect loops.
+//! - [`group_commit`]: concurrent writers sharing one transaction and fsync.
 
 #![warn(missing_docs)]
+
+pub mod group_commit;
 
 use std::future::Future;
 use std::net::SocketAddr;
