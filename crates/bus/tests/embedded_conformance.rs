@@ -5,7 +5,21 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use posthorn_bus::embedded::EmbeddedBus;
-use posthorn_bus::{Bus, ConsumerConfig, Queue, conformance};
+use posthorn_bus::{Bus, Consumer, ConsumerConfig, Delivery, Queue, conformance};
+
+/// Long enough that no lease expires during a test.
+const CONFIG: ConsumerConfig = ConsumerConfig {
+    ack_wait: Duration::from_secs(30),
+    max_deliver: 5,
+};
+
+/// The next delivery, which must come within 5 s.
+async fn next(c: &mut Box<dyn Consumer>, what: &str) -> Delivery {
+    c.next(Duration::from_secs(5))
+        .await
+        .expect("next")
+        .unwrap_or_else(|| panic!("{what}"))
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn embedded_conformance() {
@@ -21,10 +35,6 @@ async fn embedded_conformance() {
 async fn killed_between_publish_and_ack_loses_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("bus.redb");
-    let config = ConsumerConfig {
-        ack_wait: Duration::from_secs(30),
-        max_deliver: 5,
-    };
     {
         let bus = EmbeddedBus::open(&path).expect("open");
         bus.publish(Queue::Inbound, "crash-1", Bytes::from_static(b"survive me"))
@@ -35,14 +45,10 @@ async fn killed_between_publish_and_ack_loses_nothing() {
             .await
             .expect("publish");
         let mut c = bus
-            .consumer(Queue::Inbound, "router", config)
+            .consumer(Queue::Inbound, "router", CONFIG)
             .await
             .expect("consumer");
-        let d = c
-            .next(Duration::from_secs(5))
-            .await
-            .expect("next")
-            .expect("a delivery");
+        let d = next(&mut c, "a delivery").await;
         assert_eq!(d.msg_id, "crash-1");
         assert_eq!(d.attempt, 1);
         // Drop everything without ack (the 30 s ack wait has not passed).
@@ -54,27 +60,23 @@ async fn killed_between_publish_and_ack_loses_nothing() {
     assert_eq!(bus.depth(Queue::Inbound).await.expect("depth"), 1);
     assert_eq!(bus.depth(Queue::Outbound).await.expect("depth"), 1);
     let mut c = bus
-        .consumer(Queue::Inbound, "router", config)
+        .consumer(Queue::Inbound, "router", CONFIG)
         .await
         .expect("consumer");
-    let d = c
-        .next(Duration::from_secs(5))
-        .await
-        .expect("next")
-        .expect("the un-acked item is delivered again after the restart");
+    let d = next(
+        &mut c,
+        "the un-acked item is delivered again after the restart",
+    )
+    .await;
     assert_eq!(d.msg_id, "crash-1");
     assert_eq!(&d.payload[..], b"survive me");
     assert_eq!(d.attempt, 2, "the delivery count is persisted");
     d.ack().await.expect("ack");
     let mut c2 = bus
-        .consumer(Queue::Outbound, "delivery", config)
+        .consumer(Queue::Outbound, "delivery", CONFIG)
         .await
         .expect("consumer");
-    let d = c2
-        .next(Duration::from_secs(5))
-        .await
-        .expect("next")
-        .expect("the unconsumed item survived");
+    let d = next(&mut c2, "the unconsumed item survived").await;
     assert_eq!(d.msg_id, "crash-2");
     assert_eq!(d.attempt, 1);
     d.ack().await.expect("ack");
@@ -113,10 +115,6 @@ async fn next_wakes_promptly_on_publish() {
 async fn acks_are_kept_across_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("bus.redb");
-    let config = ConsumerConfig {
-        ack_wait: Duration::from_secs(30),
-        max_deliver: 5,
-    };
     {
         let bus = EmbeddedBus::open(&path).expect("open");
         for i in 0..20 {
@@ -125,15 +123,11 @@ async fn acks_are_kept_across_reopen() {
                 .expect("publish");
         }
         let mut c = bus
-            .consumer(Queue::Inbound, "router", config)
+            .consumer(Queue::Inbound, "router", CONFIG)
             .await
             .expect("consumer");
         for i in 0..15 {
-            let d = c
-                .next(Duration::from_secs(5))
-                .await
-                .expect("next")
-                .expect("a delivery");
+            let d = next(&mut c, "a delivery").await;
             assert_eq!(d.msg_id, format!("m{i}"));
             d.ack().await.expect("ack");
         }
@@ -142,13 +136,9 @@ async fn acks_are_kept_across_reopen() {
     let bus = EmbeddedBus::open(&path).expect("reopen");
     assert_eq!(bus.depth(Queue::Inbound).await.expect("depth"), 5);
     let mut c = bus
-        .consumer(Queue::Inbound, "router", config)
+        .consumer(Queue::Inbound, "router", CONFIG)
         .await
         .expect("consumer");
-    let d = c
-        .next(Duration::from_secs(5))
-        .await
-        .expect("next")
-        .expect("a delivery");
+    let d = next(&mut c, "a delivery").await;
     assert_eq!(d.msg_id, "m15", "acked items are not handed out again");
 }
