@@ -49,7 +49,8 @@ impl Backends {
             .map_err(|e| format!("{}: {e}", cfg.meta_path().display()))?;
         let bus = EmbeddedBus::open(&cfg.queue_path())
             .map_err(|e| format!("{}: {e}", cfg.queue_path().display()))?;
-        let blobs = BlobStore::local(&cfg.blob_dir()).map_err(|e| e.to_string())?;
+        let blobs = BlobStore::local_with(&cfg.blob_dir(), cfg.storage.blob_sync)
+            .map_err(|e| e.to_string())?;
         Ok(Backends {
             meta: Arc::new(meta),
             blobs,

@@ -33,6 +33,20 @@ pub enum Backend {
     Cluster,
 }
 
+/// How the embedded blob store makes a body durable before `250`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlobSync {
+    /// Bodies written meanwhile share one `syncfs(2)` of the blob
+    /// directory's filesystem (a group commit). Fast; the data directory
+    /// should be on a filesystem of its own.
+    Syncfs,
+    /// `fsync` of each body file and of its directory (what Postfix does
+    /// for its queue files): no waiting on other writers of a shared
+    /// filesystem, two flushes per message.
+    Fsync,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -112,6 +126,8 @@ pub struct StorageConfig {
     pub blob_gc_grace_secs: u64,
     /// Seconds between garbage-collection passes of the router (0 disables).
     pub blob_gc_interval_secs: u64,
+    /// Embedded backend: how a body is made durable (`syncfs`, default, or `fsync`).
+    pub blob_sync: BlobSync,
 }
 
 impl Default for StorageConfig {
@@ -120,6 +136,7 @@ impl Default for StorageConfig {
             backend: Backend::Embedded,
             blob_gc_grace_secs: 86_400,
             blob_gc_interval_secs: 3_600,
+            blob_sync: BlobSync::Syncfs,
         }
     }
 }
