@@ -92,8 +92,8 @@ pub struct BlobStore {
     cache: Option<Arc<std::sync::Mutex<Cache>>>,
 }
 
-/// PUTs of a local store: each body is written to a staging file and renamed
-/// into place without an fsync of its own; writers then share one
+/// PUTs of a local store: each body is written to its file (see
+/// [`write_blob`]) without an fsync of its own; writers then share one
 /// `syncfs(2)` of the store's filesystem (a group commit), which makes every
 /// file, rename and new directory written before it durable. Under load one
 /// flush covers many messages instead of two fsyncs (file and directory) for
@@ -108,27 +108,52 @@ struct LocalPut {
 /// Bodies up to this size are written by the task that stores them.
 const INLINE_WRITE_MAX: usize = 64 * 1024;
 
-/// Write `bytes` to `dir/key` through a staging file `dir/key#<digits>`
-/// (the name `object_store` uses for its own staging files, which listings
-/// skip), creating the parent directory when missing. No fsync: see
-/// [`LocalPut`].
-fn write_staged(dir: &std::path::Path, key: &str, bytes: &[u8]) -> std::io::Result<()> {
+/// Write `bytes` to `dir/key`, creating the parent directory when missing.
+/// No fsync: see [`LocalPut`].
+///
+/// A new blob is created in place (`O_EXCL`): one open, one write. If the
+/// file exists with these bytes (the same body stored before, or by a
+/// concurrent writer), it is left alone: replacing it would let a crash
+/// before the flush swap a durable blob for an unwritten one on filesystems
+/// that persist a rename before the data. A file with other bytes (partial,
+/// left by a crash or a failed write, never acknowledged) is replaced
+/// through a staging file `dir/key#<digits>` (the name `object_store` uses
+/// for its own staging files, which listings skip) and a rename.
+fn write_blob(dir: &std::path::Path, key: &str, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dest = dir.join(key);
+    loop {
+        let open = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&dest);
+        match open {
+            // On a failed write the partial file stays (removing it could
+            // remove a concurrent writer's complete replacement); the next
+            // PUT of this body replaces it, GC collects it otherwise.
+            Ok(mut f) => return f.write_all(bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if let Some(parent) = dest.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => break,
+            Err(e) => return Err(e),
+        }
+    }
+    if std::fs::read(&dest).is_ok_and(|b| b == bytes) {
+        return Ok(());
+    }
+    replace_staged(&dest, bytes)
+}
+
+/// Replace `dest` by a staging file holding `bytes`, renamed over it.
+fn replace_staged(dest: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::sync::atomic::{AtomicU64, Ordering};
     static SEQ: AtomicU64 = AtomicU64::new(0);
-    let dest = dir.join(key);
-    // Already there with these bytes (the same body stored before, or by a
-    // concurrent writer): leave it. Renaming a copy over it would let a
-    // crash before the flush replace a durable blob with an unwritten one
-    // on filesystems that persist the rename first. A partial file left by
-    // a crash has other bytes and is replaced.
-    if std::fs::metadata(&dest).is_ok_and(|m| m.len() == bytes.len() as u64)
-        && std::fs::read(&dest).is_ok_and(|b| b == bytes)
-    {
-        return Ok(());
-    }
     loop {
-        let mut staged = dest.clone().into_os_string();
+        let mut staged = dest.as_os_str().to_owned();
         staged.push(format!(
             "#{}{:010}",
             std::process::id(),
@@ -142,17 +167,12 @@ fn write_staged(dir: &std::path::Path, key: &str, bytes: &[u8]) -> std::io::Resu
             Ok(mut f) => {
                 let written = f.write_all(bytes).and_then(|()| {
                     drop(f);
-                    std::fs::rename(&staged, &dest)
+                    std::fs::rename(&staged, dest)
                 });
                 if written.is_err() {
                     let _ = std::fs::remove_file(&staged);
                 }
                 return written;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                if let Some(parent) = dest.parent() {
-                    std::fs::create_dir_all(parent)?;
-                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
@@ -314,10 +334,10 @@ impl BlobStore {
             // group's). Large bodies, which may wait for writeback, do not
             // hold up the worker.
             let written = if bytes.len() <= INLINE_WRITE_MAX {
-                write_staged(dir, &key, &bytes)
+                write_blob(dir, &key, &bytes)
             } else {
                 let (dir, k) = (dir.clone(), key.clone());
-                blocking(move || write_staged(&dir, &k, &bytes)).await
+                blocking(move || write_blob(&dir, &k, &bytes)).await
             };
             written.map_err(|e| Error::Unavailable(format!("{}: {key}: {e}", self.describe)))?;
             let l = local.clone();
