@@ -343,13 +343,26 @@ async fn run_async(url: String, cmd: Admin) -> ExitCode {
                 println!("quota of {address} set");
             }
             Prepared::Other(Admin::Mailbox(MailboxCmd::List { address, mailbox })) => {
-                let r = c
-                    .list_messages(pb::ListMessagesRequest { address, mailbox })
-                    .await?
-                    .into_inner();
-                println!("UIDVALIDITY {}", r.uidvalidity);
-                for m in r.messages {
-                    println!("{} {} {}", m.uid, m.size, m.flags.join(" "));
+                let mut first_uid = 1;
+                loop {
+                    let r = c
+                        .list_messages(pb::ListMessagesRequest {
+                            address: address.clone(),
+                            mailbox: mailbox.clone(),
+                            first_uid,
+                        })
+                        .await?
+                        .into_inner();
+                    if first_uid == 1 {
+                        println!("UIDVALIDITY {}", r.uidvalidity);
+                    }
+                    for m in r.messages {
+                        println!("{} {} {}", m.uid, m.size, m.flags.join(" "));
+                    }
+                    if r.next_uid == 0 {
+                        break;
+                    }
+                    first_uid = r.next_uid;
                 }
             }
             Prepared::Other(Admin::Mailbox(MailboxCmd::Fetch {
