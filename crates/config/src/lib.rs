@@ -693,6 +693,21 @@ mod tests {
     }
 
     #[test]
+    fn blob_sync_choices() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("p.toml");
+        assert_eq!(Config::default().storage.blob_sync, BlobSync::Syncfs);
+        std::fs::write(&f, "[storage]\nblob_sync = \"fsync\"\n").unwrap();
+        assert_eq!(
+            Config::load_file_only(&f).unwrap().storage.blob_sync,
+            BlobSync::Fsync
+        );
+        std::fs::write(&f, "[storage]\nblob_sync = \"never\"\n").unwrap();
+        let err = Config::load_file_only(&f).unwrap_err().to_string();
+        assert!(err.contains("blob_sync"), "{err}");
+    }
+
+    #[test]
     fn unknown_key_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("p.toml");
