@@ -54,7 +54,7 @@ use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{Notify, broadcast};
 
-use posthorn_runtime::group_commit::GroupCommit;
+use posthorn_runtime::group_commit::{GroupCommit, try_blocking};
 
 use crate::{
     Acker, Bus, Consumer, ConsumerConfig, Delivery, Error, EventStream, MailboxEvent, Queue, Result,
@@ -489,21 +489,14 @@ impl Inner {
     }
 }
 
-/// Run a blocking redb operation off the async runtime.
+/// Run a blocking redb operation (see [`try_blocking`]: in place on the
+/// multi-threaded runtime).
 async fn blocking<T: Send + 'static>(
     inner: &Arc<Inner>,
     f: impl FnOnce(&Inner) -> Result<T> + Send + 'static,
 ) -> Result<T> {
-    // On the multi-threaded runtime, run in place: these transactions take
-    // microseconds to a fsync, and handing each to the blocking pool cost
-    // more in thread switches than the work itself (measured: bench/).
-    if tokio::runtime::Handle::current().runtime_flavor()
-        == tokio::runtime::RuntimeFlavor::MultiThread
-    {
-        return tokio::task::block_in_place(|| f(inner));
-    }
     let inner = inner.clone();
-    tokio::task::spawn_blocking(move || f(&inner))
+    try_blocking(move || f(&inner))
         .await
         .map_err(|e| Error::Other(format!("embedded bus task failed: {e}")))?
 }

@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use posthorn_runtime::group_commit::GroupCommit;
+use posthorn_runtime::group_commit::{GroupCommit, try_blocking};
 use redb::{
     Database, ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition,
     WriteTransaction,
@@ -191,21 +191,15 @@ impl EmbeddedStore {
     }
 }
 
-/// Run a redb transaction: in place on the multi-threaded runtime (a
-/// transaction takes microseconds up to one fsync; moving it to the blocking
-/// pool cost more in thread switches than the work — measured in bench/),
-/// on the blocking pool otherwise (a current-thread runtime must not block).
+/// Run a redb transaction (see [`try_blocking`]: in place on the
+/// multi-threaded runtime, on the blocking pool otherwise, where a
+/// current-thread runtime must not block).
 async fn run_blocking<T, F>(f: F) -> Result<T>
 where
     T: Send + 'static,
     F: FnOnce() -> Result<T> + Send + 'static,
 {
-    if tokio::runtime::Handle::current().runtime_flavor()
-        == tokio::runtime::RuntimeFlavor::MultiThread
-    {
-        return tokio::task::block_in_place(f);
-    }
-    tokio::task::spawn_blocking(f)
+    try_blocking(f)
         .await
         .map_err(|e| Error::Unavailable(format!("embedded store task failed: {e}")))?
 }

@@ -111,6 +111,13 @@ impl<Req: Send + 'static, Out: Send + 'static> GroupCommit<Req, Out> {
         let Some(mut batch) = self.take() else {
             return;
         };
+        // If `commit` panics (or the task is dropped mid-commit), the
+        // writers of this batch and the pending ones get `None` instead of
+        // waiting for ever, and the next writer starts a new committer.
+        let mut abandon = Abandon {
+            group: &self,
+            armed: true,
+        };
         let mut commit = Some(commit);
         loop {
             let (reqs, dones): (Vec<Req>, Vec<_>) = batch.into_iter().unzip();
@@ -124,6 +131,9 @@ impl<Req: Send + 'static, Out: Send + 'static> GroupCommit<Req, Out> {
             if next.is_some() {
                 commit = Some(c);
             } else {
+                // `take` ended this committer; a new one may already run,
+                // which the guard must leave alone.
+                abandon.armed = false;
                 drop(c);
             }
             debug_assert_eq!(outs.len(), dones.len());
@@ -138,19 +148,50 @@ impl<Req: Send + 'static, Out: Send + 'static> GroupCommit<Req, Out> {
     }
 }
 
+/// Resets a [`GroupCommit`] whose committer stopped before its normal end
+/// (disarmed on the normal end, where `take` already handed the role on).
+struct Abandon<'a, Req, Out> {
+    group: &'a GroupCommit<Req, Out>,
+    armed: bool,
+}
+
+impl<Req, Out> Drop for Abandon<'_, Req, Out> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let mut st = self.group.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.committing = false;
+        st.flush = false;
+        // Dropping the senders answers their writers with `None`.
+        st.pending.clear();
+    }
+}
+
 /// Run blocking work (a transaction up to its fsync) from async code. On the
 /// multi-threaded runtime it runs in place (`block_in_place`): handing each
 /// commit to the blocking pool cost more in thread switches than the work.
+/// A panic of `f` reaches the caller as a panic.
 pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    match try_blocking(f).await {
+        Ok(t) => t,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => panic!("blocking task cancelled: {e}"),
+    }
+}
+
+/// [`blocking`], but a panic or cancellation of `f` on the blocking pool
+/// (current-thread runtime) comes back as an error (on the multi-threaded
+/// runtime `f` runs in place and a panic stays a panic).
+pub async fn try_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
     if tokio::runtime::Handle::current().runtime_flavor()
         == tokio::runtime::RuntimeFlavor::MultiThread
     {
-        return tokio::task::block_in_place(f);
+        return Ok(tokio::task::block_in_place(f));
     }
-    match tokio::task::spawn_blocking(f).await {
-        Ok(t) => t,
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
-    }
+    tokio::task::spawn_blocking(f).await
 }
 
 #[cfg(test)]
@@ -205,6 +246,23 @@ mod tests {
     async fn works_on_the_current_thread_runtime() {
         let g: Arc<GroupCommit<u8, u8>> = Arc::new(GroupCommit::new());
         assert_eq!(g.submit(3, |r: Vec<u8>| r).await, Some(3));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_commit_fails_its_writers_and_the_next_commit_runs() {
+        let g: Arc<GroupCommit<u8, u8>> = Arc::new(GroupCommit::new());
+        let out = g
+            .submit(1, |_: Vec<u8>| -> Vec<u8> { panic!("storage exploded") })
+            .await;
+        assert_eq!(out, None, "the writer hears of the failure");
+        // Not stuck: a new committer serves the next writer.
+        let next = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            g.submit(2, |r: Vec<u8>| r),
+        )
+        .await
+        .expect("the next writer is not left waiting");
+        assert_eq!(next, Some(2));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
