@@ -13,6 +13,11 @@ const CONFIG: ConsumerConfig = ConsumerConfig {
     max_deliver: 5,
 };
 
+/// A consumer of `queue` with [`CONFIG`].
+async fn consumer(bus: &EmbeddedBus, queue: Queue, name: &str) -> Box<dyn Consumer> {
+    bus.consumer(queue, name, CONFIG).await.expect("consumer")
+}
+
 /// The next delivery, which must come within 5 s.
 async fn next(c: &mut Box<dyn Consumer>, what: &str) -> Delivery {
     c.next(Duration::from_secs(5))
@@ -44,10 +49,7 @@ async fn killed_between_publish_and_ack_loses_nothing() {
         bus.publish(Queue::Outbound, "crash-2", Bytes::from_static(b"me too"))
             .await
             .expect("publish");
-        let mut c = bus
-            .consumer(Queue::Inbound, "router", CONFIG)
-            .await
-            .expect("consumer");
+        let mut c = consumer(&bus, Queue::Inbound, "router").await;
         let d = next(&mut c, "a delivery").await;
         assert_eq!(d.msg_id, "crash-1");
         assert_eq!(d.attempt, 1);
@@ -59,10 +61,7 @@ async fn killed_between_publish_and_ack_loses_nothing() {
     let bus = EmbeddedBus::open(&path).expect("reopen the same file");
     assert_eq!(bus.depth(Queue::Inbound).await.expect("depth"), 1);
     assert_eq!(bus.depth(Queue::Outbound).await.expect("depth"), 1);
-    let mut c = bus
-        .consumer(Queue::Inbound, "router", CONFIG)
-        .await
-        .expect("consumer");
+    let mut c = consumer(&bus, Queue::Inbound, "router").await;
     let d = next(
         &mut c,
         "the un-acked item is delivered again after the restart",
@@ -72,10 +71,7 @@ async fn killed_between_publish_and_ack_loses_nothing() {
     assert_eq!(&d.payload[..], b"survive me");
     assert_eq!(d.attempt, 2, "the delivery count is persisted");
     d.ack().await.expect("ack");
-    let mut c2 = bus
-        .consumer(Queue::Outbound, "delivery", CONFIG)
-        .await
-        .expect("consumer");
+    let mut c2 = consumer(&bus, Queue::Outbound, "delivery").await;
     let d = next(&mut c2, "the unconsumed item survived").await;
     assert_eq!(d.msg_id, "crash-2");
     assert_eq!(d.attempt, 1);
@@ -122,10 +118,7 @@ async fn acks_are_kept_across_reopen() {
                 .await
                 .expect("publish");
         }
-        let mut c = bus
-            .consumer(Queue::Inbound, "router", CONFIG)
-            .await
-            .expect("consumer");
+        let mut c = consumer(&bus, Queue::Inbound, "router").await;
         for i in 0..15 {
             let d = next(&mut c, "a delivery").await;
             assert_eq!(d.msg_id, format!("m{i}"));
@@ -135,10 +128,7 @@ async fn acks_are_kept_across_reopen() {
     }
     let bus = EmbeddedBus::open(&path).expect("reopen");
     assert_eq!(bus.depth(Queue::Inbound).await.expect("depth"), 5);
-    let mut c = bus
-        .consumer(Queue::Inbound, "router", CONFIG)
-        .await
-        .expect("consumer");
+    let mut c = consumer(&bus, Queue::Inbound, "router").await;
     let d = next(&mut c, "a delivery").await;
     assert_eq!(d.msg_id, "m15", "acked items are not handed out again");
 }
