@@ -13,17 +13,31 @@
 //! A missing program panics with the install command: tests never skip
 //! silently. `scripts/test.sh` installs all of them.
 //!
+//! A server is handed to a test only when it answers its own protocol
+//! (Redis `PING`, a Redis Cluster's `cluster_state:ok`, NATS `/healthz` with
+//! JetStream, an S3 HeadBucket), never when its port merely opens; the same
+//! after [`Server::restart`]. See docs/testing.md.
+//!
 //! Each server can be killed with SIGKILL ([`Server::kill`]) and started
 //! again on the same port and data directory ([`Server::restart`]) for fault
 //! tests. NATS runs JetStream with `sync_interval: always` and Redis with
-//! `appendfsync always` (DESIGN.md invariant 7).
+//! `appendfsync always` (docs/architecture.md, durability).
 
-use std::net::{TcpListener, TcpStream};
+mod probe;
+mod sigv4;
+
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use probe::Probe;
 use tempfile::TempDir;
+
+/// How long a server may take to serve after it is started. It bounds a
+/// hang only: a busy machine (CI, a laptop) can take seconds to start
+/// JetStream or recover a store.
+pub const START_DEADLINE: Duration = Duration::from_secs(90);
 
 /// Access key of the test S3 server.
 pub const S3_ACCESS_KEY: &str = "posthorn";
@@ -123,21 +137,39 @@ fn nats_program() -> PathBuf {
     );
 }
 
-fn wait_port(port: u16, child: &mut Child, what: &str, log: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(30);
+/// The last `n` lines of a log file.
+fn log_tail(log: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Wait until `probe` says the server serves; panic naming the server, what
+/// it last answered and the tail of its log if it exits or the deadline
+/// passes.
+fn wait_serving(probe: &Probe, port: u16, child: &mut Child, what: &str, log: &Path) {
+    let started = Instant::now();
     loop {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
+        let last = match probe.check(port) {
+            Ok(()) => return,
+            Err(e) => e,
+        };
         if let Ok(Some(status)) = child.try_wait() {
-            let log = std::fs::read_to_string(log).unwrap_or_default();
-            panic!("{what} exited at start ({status}); its log:\n{log}");
+            panic!(
+                "{what} (port {port}) exited at start ({status}); last 40 lines of {}:\n{}",
+                log.display(),
+                log_tail(log, 40)
+            );
         }
-        if Instant::now() > deadline {
-            let log = std::fs::read_to_string(log).unwrap_or_default();
-            panic!("{what} did not listen on port {port} within 30 s; its log:\n{log}");
+        if started.elapsed() > START_DEADLINE {
+            panic!(
+                "{what} (port {port}) did not serve within {START_DEADLINE:?}; its readiness probe \
+                 last saw: {last}; last 40 lines of {}:\n{}",
+                log.display(),
+                log_tail(log, 40)
+            );
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(25));
     }
 }
 
@@ -147,6 +179,7 @@ pub struct Server {
     program: PathBuf,
     args: Vec<String>,
     port: u16,
+    probe: Probe,
     dir: TempDir,
     child: Option<Child>,
 }
@@ -157,6 +190,7 @@ impl Server {
         program: PathBuf,
         args: Vec<String>,
         port: u16,
+        probe: Probe,
         dir: TempDir,
     ) -> Self {
         let mut s = Server {
@@ -164,6 +198,7 @@ impl Server {
             program,
             args,
             port,
+            probe,
             dir,
             child: None,
         };
@@ -178,7 +213,7 @@ impl Server {
             .append(true)
             .open(&log)
             .expect("create server log");
-        let mut child = Command::new(&self.program)
+        let child = Command::new(&self.program)
             .args(&self.args)
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
@@ -192,8 +227,16 @@ impl Server {
                     self.program.display()
                 )
             });
-        wait_port(self.port, &mut child, self.what, &log);
+        // Kept even if the wait panics, so the process is killed on drop.
         self.child = Some(child);
+        self.wait();
+    }
+
+    /// Wait until the server serves (its readiness probe succeeds).
+    fn wait(&mut self) {
+        let log = self.dir.path().join("server.log");
+        let child = self.child.as_mut().expect("server not started");
+        wait_serving(&self.probe, self.port, child, self.what, &log);
     }
 
     /// The TCP port it listens on.
@@ -214,7 +257,8 @@ impl Server {
         }
     }
 
-    /// Start again on the same port and data directory.
+    /// Start again on the same port and data directory; returns when it
+    /// serves again (a restarted nats-server has recovered its store).
     pub fn restart(&mut self) {
         self.kill();
         self.start();
@@ -233,6 +277,32 @@ pub struct RedisServer(pub Server);
 impl RedisServer {
     /// Start one.
     pub fn start() -> Self {
+        Self::spawn(&[], Probe::Redis)
+    }
+
+    /// Start a one-node Redis Cluster: `cluster-enabled`, all 16,384 slots
+    /// on this node, handed over when `CLUSTER INFO` says `cluster_state:ok`
+    /// (also after [`Server::restart`]).
+    pub fn start_cluster() -> Self {
+        let mut s = Self::spawn(
+            &[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+            ],
+            Probe::Redis,
+        );
+        if let Err(e) = probe::redis_command(s.0.port, &["CLUSTER", "ADDSLOTSRANGE", "0", "16383"])
+        {
+            panic!("CLUSTER ADDSLOTSRANGE on port {}: {e}", s.0.port);
+        }
+        s.0.probe = Probe::RedisCluster;
+        s.0.wait();
+        s
+    }
+
+    fn spawn(extra: &[&str], probe: Probe) -> Self {
         let program = find_program(
             "POSTHORN_TEST_REDIS_SERVER",
             &["redis-server"],
@@ -240,7 +310,7 @@ impl RedisServer {
         );
         let port = free_port();
         let dir = tempfile::tempdir().expect("tempdir");
-        let args = vec![
+        let mut args: Vec<String> = vec![
             "--port".into(),
             port.to_string(),
             "--bind".into(),
@@ -256,7 +326,15 @@ impl RedisServer {
             "--daemonize".into(),
             "no".into(),
         ];
-        RedisServer(Server::spawn("redis-server", program, args, port, dir))
+        args.extend(extra.iter().map(|a| a.to_string()));
+        RedisServer(Server::spawn(
+            "redis-server",
+            program,
+            args,
+            port,
+            probe,
+            dir,
+        ))
     }
 
     /// `redis://127.0.0.1:PORT/`
@@ -273,19 +351,28 @@ impl NatsServer {
     pub fn start() -> Self {
         let program = nats_program();
         let port = free_port();
+        // The monitoring port serves /healthz, the readiness probe.
+        let monitor_port = free_port();
         let dir = tempfile::tempdir().expect("tempdir");
         let conf = dir.path().join("nats.conf");
         let store = dir.path().join("jetstream");
         std::fs::write(
             &conf,
             format!(
-                "listen: 127.0.0.1:{port}\njetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n",
+                "listen: 127.0.0.1:{port}\nhttp: 127.0.0.1:{monitor_port}\njetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n",
                 store.display()
             ),
         )
         .expect("write nats.conf");
         let args = vec!["-c".into(), conf.display().to_string()];
-        NatsServer(Server::spawn("nats-server", program, args, port, dir))
+        NatsServer(Server::spawn(
+            "nats-server",
+            program,
+            args,
+            port,
+            Probe::Nats { monitor_port },
+            dir,
+        ))
     }
 
     /// `nats://127.0.0.1:PORT`
@@ -320,11 +407,75 @@ impl S3Server {
             S3_SECRET_KEY.into(),
             root.display().to_string(),
         ];
-        S3Server(Server::spawn("s3s-fs", program, args, port, dir))
+        let probe = Probe::S3 {
+            bucket: S3_BUCKET.into(),
+            access_key: S3_ACCESS_KEY.into(),
+            secret_key: S3_SECRET_KEY.into(),
+        };
+        S3Server(Server::spawn("s3s-fs", program, args, port, probe, dir))
     }
 
     /// `http://127.0.0.1:PORT`
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.0.port)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_probe_fails_with_a_wrong_key() {
+        let s = S3Server::start();
+        let probe = |secret: &str| Probe::S3 {
+            bucket: S3_BUCKET.into(),
+            access_key: S3_ACCESS_KEY.into(),
+            secret_key: secret.into(),
+        };
+        assert_eq!(probe(S3_SECRET_KEY).check(s.0.port()), Ok(()));
+        let err = probe("wrong").check(s.0.port()).unwrap_err();
+        assert!(err.contains("403"), "{err}");
+        let missing = Probe::S3 {
+            bucket: "no-such-bucket".into(),
+            access_key: S3_ACCESS_KEY.into(),
+            secret_key: S3_SECRET_KEY.into(),
+        };
+        assert!(missing.check(s.0.port()).is_err());
+    }
+
+    #[test]
+    fn a_server_that_exits_at_start_is_named_with_its_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let r = std::panic::catch_unwind(|| {
+            Server::spawn(
+                "fake-server",
+                PathBuf::from("/bin/sh"),
+                vec!["-c".into(), "echo boom-from-the-log; exit 3".into()],
+                port,
+                Probe::Redis,
+                dir,
+            )
+        });
+        let msg = *r.err().expect("must panic").downcast::<String>().unwrap();
+        assert!(msg.contains("fake-server"), "{msg}");
+        assert!(msg.contains("exited at start"), "{msg}");
+        assert!(msg.contains("boom-from-the-log"), "{msg}");
+    }
+
+    #[test]
+    fn a_port_that_only_accepts_is_not_serving() {
+        // A listener that accepts and closes, as a nats-server still
+        // recovering its store does: an open port is not a serving server.
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                drop(c);
+            }
+        });
+        assert!(Probe::Redis.check(port).is_err());
+        assert!(Probe::Nats { monitor_port: port }.check(port).is_err());
     }
 }
