@@ -231,7 +231,7 @@ start_cluster() { # DIR
 	local d=$1 redis_port nats_port s3_port
 	read -r redis_port nats_port s3_port <<<"$(py freeport 3)"
 	mkdir -p "$d/redis" "$d/nats" "$d/s3/posthorn"
-	# Durability as DESIGN.md invariant 7 demands: fsync every write.
+	# Durability as docs/architecture.md invariant 7 demands: fsync every write.
 	spawn "$d/redis.log" redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$d/redis" \
 		--save "" --appendonly yes --appendfsync always --daemonize no
 	local redis_pid=$SPAWNED_PID

@@ -1,7 +1,7 @@
 //! Message bodies, content-addressed, on the `object_store` crate.
 //!
 //! A body's key is `msg/sha256/<first two hex digits>/<64 hex digits>` of
-//! the SHA-256 of its bytes (DESIGN.md invariant 4). Writes are therefore
+//! the SHA-256 of its bytes (docs/architecture.md invariant 4). Writes are therefore
 //! idempotent (a retried PUT writes the same bytes under the same key) and
 //! one message to 50 local recipients is stored once. Reads verify the hash.
 //!
@@ -232,7 +232,7 @@ impl BlobStore {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::Config(format!("cannot create {}: {e}", dir.display())))?;
         // fsync file and directory before a PUT returns: a `250` must mean
-        // the body is on disk (DESIGN.md invariant 1), as S3 guarantees.
+        // the body is on disk (docs/architecture.md invariant 1), as S3 guarantees.
         let store = object_store::local::LocalFileSystem::new_with_prefix(dir)
             .map_err(|e| Error::Config(format!("{}: {e}", dir.display())))?
             .with_fsync(true);

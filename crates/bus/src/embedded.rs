@@ -17,7 +17,7 @@
 //! commit, which runs as soon as there is such work: with the publishes'
 //! fsync if there are any, else with [`redb::Durability::None`] (made
 //! durable by the next immediate commit). A crash can only undo them, which
-//! means one redelivery of an acked item (consumers dedupe, DESIGN.md
+//! means one redelivery of an acked item (consumers dedupe, docs/architecture.md
 //! invariant 2) or a lower delivery count (a poison item is dead-lettered a
 //! few deliveries later).
 //!

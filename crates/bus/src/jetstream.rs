@@ -19,7 +19,7 @@
 //!
 //! [`Bus::publish`] sends the item with `Nats-Msg-Id: <msg_id>` and returns
 //! only after the stream's PubAck. The PubAck means "on disk" only because
-//! the server runs with `jetstream { sync_interval: always }` (DESIGN.md
+//! the server runs with `jetstream { sync_interval: always }` (docs/architecture.md
 //! invariant 7; the test harness and chart configure it) or with R3 streams
 //! across failure domains; with the server default (sync every 2 minutes)
 //! acknowledged items can be lost on power failure. [`Delivery::ack`] uses a

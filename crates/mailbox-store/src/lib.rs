@@ -18,11 +18,11 @@
 //! a cached parsed ENVELOPE/BODYSTRUCTURE (opaque strings, produced by the
 //! caller).
 //! UID and MODSEQ are assigned in the same atomic step as the write
-//! (DESIGN.md invariants 3 and 8). Every mailbox keeps an expunge log.
+//! (docs/architecture.md invariants 3 and 8). Every mailbox keeps an expunge log.
 //!
 //! Blob reference counts live here too, updated atomically with appends and
 //! expunges, so unreferenced blobs can be found and collected after a grace
-//! period (DESIGN.md invariant 4).
+//! period (docs/architecture.md invariant 4).
 
 #![warn(missing_docs)]
 
@@ -132,7 +132,7 @@ pub enum SpecialUse {
     Trash,
 }
 
-/// The mailboxes every new account gets (DESIGN.md / IMAP issue).
+/// The mailboxes every new account gets (docs/architecture.md, data model).
 pub const DEFAULT_MAILBOXES: &[(&str, Option<SpecialUse>)] = &[
     ("INBOX", None),
     ("Sent", Some(SpecialUse::Sent)),
@@ -167,7 +167,7 @@ pub struct MailboxInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewMessage {
     /// Idempotency key, normally `<message id>/<recipient>`: a second append
-    /// with the same key to the same account adds nothing (DESIGN.md
+    /// with the same key to the same account adds nothing (docs/architecture.md
     /// invariant 2). `None` for IMAP APPEND/COPY.
     pub dedupe_key: Option<String>,
     /// Initial flags.
@@ -415,7 +415,7 @@ pub trait MetaStore: Send + Sync + 'static {
 
     /// Take the lease `name` for `owner` for `ttl`, or renew it if `owner`
     /// holds it already. Returns `false` if another owner holds an unexpired
-    /// lease. Atomic across all processes sharing the store (DESIGN.md
+    /// lease. Atomic across all processes sharing the store (docs/architecture.md
     /// invariant 6); a crashed holder's lease simply expires.
     async fn acquire_lease(
         &self,

@@ -53,7 +53,8 @@ fn nats_serves(port: u16) {
     r.read_line(&mut line).unwrap();
     assert!(line.starts_with("INFO "), "{line}");
     assert!(line.contains("\"jetstream\":true"), "{line}");
-    (&s).write_all(b"CONNECT {\"verbose\":false}\r\nPING\r\n").unwrap();
+    (&s).write_all(b"CONNECT {\"verbose\":false}\r\nPING\r\n")
+        .unwrap();
     line.clear();
     r.read_line(&mut line).unwrap();
     assert_eq!(line, "PONG\r\n");

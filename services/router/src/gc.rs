@@ -1,4 +1,4 @@
-//! Blob garbage collection (DESIGN.md invariant 4).
+//! Blob garbage collection (docs/architecture.md invariant 4).
 //!
 //! Every `storage.blob_gc_interval_secs` the router lists the blob store and
 //! deletes blobs last written more than `storage.blob_gc_grace_secs` ago

@@ -2,7 +2,7 @@
 //! deliver local ones into their INBOX, queue remote ones for delivery, and
 //! only then acknowledge.
 //!
-//! Idempotent under redelivery (DESIGN.md invariant 2): every append carries
+//! Idempotent under redelivery (docs/architecture.md invariant 2): every append carries
 //! the dedupe key `<message id>/<account>`, every outbound item the message
 //! id `<message id>/<recipient>`, so a router killed at any point and a
 //! redelivered item add nothing twice.

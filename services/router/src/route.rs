@@ -1,5 +1,5 @@
-//! Addressing: qualify, classify and expand recipient addresses (DESIGN.md
-//! "Addressing").
+//! Addressing: qualify, classify and expand recipient addresses
+//! (docs/smtp.md, "Addressing").
 //!
 //! - Unqualified addresses (`user`) and `user@localhost` / `user@<shorthost>`
 //!   / `user@<hostname>` are qualified with the primary domain, but only for

@@ -9,7 +9,8 @@ use posthorn_proto::router::v1 as pb;
 use posthorn_proto::router::v1::router_service_client::RouterServiceClient;
 use tonic::transport::Channel;
 
-/// How long a recipient answer is reused (the issue asks for "briefly").
+/// How long a recipient answer is reused: briefly, so a directory change
+/// is seen within seconds.
 const CACHE_TTL: Duration = Duration::from_secs(5);
 /// Entries kept at most; the cache is cleared when full.
 const CACHE_MAX: usize = 10_000;

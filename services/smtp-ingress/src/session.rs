@@ -3,7 +3,7 @@
 //! The protocol grammar lives in `posthorn-smtp-codec`; this file is the
 //! state machine and the side effects: router checks, storing the body, and
 //! queueing the envelope. A message is answered `250` only after its blob is
-//! stored and its envelope is acknowledged by the queue (DESIGN.md
+//! stored and its envelope is acknowledged by the queue (docs/architecture.md
 //! invariant 1); any failure before is `451 4.3.0` and nothing is queued.
 
 use std::net::IpAddr;

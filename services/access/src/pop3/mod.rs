@@ -11,7 +11,7 @@
 //!   are positions in that snapshot. Sizes are `MessageMeta::size` (header
 //!   prefix plus blob, before byte-stuffing). UIDL is
 //!   `<uidvalidity>.<uid>`.
-//! - Maildrop lock (DESIGN.md invariant 6): the lease `pop3:<account>` in the
+//! - Maildrop lock (docs/architecture.md invariant 6): the lease `pop3:<account>` in the
 //!   metadata store, shared by every access replica, renewed every third
 //!   of `access.pop3_lock_lease_secs` and released at the end of the
 //!   session; a crashed holder's lease expires. If renewal is refused the
