@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use posthorn_test_support::{
@@ -45,12 +45,7 @@ fn five_tiers_as_processes_become_ready_and_find_each_other() {
     // delivery only when the resolver does.
     for (i, (tier, port)) in ports.tiers().iter().enumerate() {
         let p = &mut procs[i];
-        wait_ready(
-            &[(tier, *port)],
-            Duration::from_secs(60),
-            &mut p.child,
-            &p.log,
-        );
+        wait_ready(&[(tier, *port)], READY_WAIT, &mut p.child, &p.log);
     }
     let url = ports.router_url();
     let o = admin(&url, &["domain", "add", "example.test"]);
@@ -68,11 +63,12 @@ fn five_tiers_as_processes_become_ready_and_find_each_other() {
         out(&o)
     );
 
-    // The router stopped: smtp-ingress notices and turns not ready.
+    // The router stopped: smtp-ingress notices (it checks every 5 s) and
+    // turns not ready.
     let router = &mut procs[2];
     let st = router.terminate();
     assert!(st.success(), "router exit {st}:\n{}", router.log_text());
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + WAIT;
     loop {
         let (code, body) = http_get(ports.http[0], "/readyz").expect("smtp-ingress side port");
         if code == 503 {
@@ -80,8 +76,9 @@ fn five_tiers_as_processes_become_ready_and_find_each_other() {
             break;
         }
         assert!(
-            std::time::Instant::now() < deadline,
-            "smtp-ingress still ready without a router"
+            Instant::now() < deadline,
+            "smtp-ingress still ready {WAIT:?} after the router stopped:\n{}",
+            procs[0].log_text()
         );
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -108,13 +105,42 @@ fn unreachable_redis_is_named_and_retried_not_fatal() {
         &env,
         dir.path().join("router.log"),
     );
-    std::thread::sleep(Duration::from_secs(3));
+    // Wait (rather than sleep) until it has retried twice, staying up and
+    // not ready meanwhile.
+    let deadline = Instant::now() + WAIT;
+    while p.log_text().matches("retrying").count() < 2 {
+        assert!(
+            p.child.try_wait().unwrap().is_none(),
+            "router exited:\n{}",
+            p.log_text()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no two retries logged within {WAIT:?}:\n{}",
+            p.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(
         p.child.try_wait().unwrap().is_none(),
         "router exited:\n{}",
         p.log_text()
     );
-    assert_eq!(http_get(ports.http[2], "/healthz").map(|r| r.0), Some(200));
+    // The side port comes up independently of the backends.
+    let healthz = loop {
+        match http_get(ports.http[2], "/healthz") {
+            Some(r) => break r,
+            None => {
+                assert!(
+                    Instant::now() < deadline,
+                    "side port not listening within {WAIT:?}:\n{}",
+                    p.log_text()
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    };
+    assert_eq!(healthz.0, 200, "{healthz:?}");
     let (code, body) = http_get(ports.http[2], "/readyz").unwrap();
     assert_eq!(code, 503);
     assert!(

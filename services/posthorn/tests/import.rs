@@ -4,7 +4,6 @@
 mod common;
 
 use std::path::Path;
-use std::time::Duration;
 
 use common::*;
 
@@ -111,8 +110,8 @@ fn alias_import_refuses_unsupported_targets_then_imports_and_delivers() {
     c.send(b"Subject: t\r\n\r\nx\r\n.\r\n");
     let r = c.reply();
     assert!(r.starts_with("250"), "{r}");
-    sys.wait_messages("alice@example.test", 1, Duration::from_secs(20));
-    sys.wait_messages("bob@example.test", 1, Duration::from_secs(20));
+    sys.wait_messages("alice@example.test", 1, WAIT);
+    sys.wait_messages("bob@example.test", 1, WAIT);
 }
 
 #[test]

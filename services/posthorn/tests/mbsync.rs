@@ -12,11 +12,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use common::*;
 
-const WAIT: Duration = Duration::from_secs(60);
 const ALICE: &str = "alice@example.test";
 const N: usize = 500;
 

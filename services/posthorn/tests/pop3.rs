@@ -5,11 +5,7 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
-
-const WAIT: Duration = Duration::from_secs(30);
 
 /// Send one message per subject to alice over SMTP (Python smtplib).
 const SMTPLIB_SEND: &str = r#"
@@ -313,12 +309,7 @@ fn second_access(sys: &mut System) -> (u16, Proc) {
         &env,
         log.clone(),
     );
-    wait_ready(
-        &[("access2", http)],
-        Duration::from_secs(60),
-        &mut p.child,
-        &log,
-    );
+    wait_ready(&[("access2", http)], READY_WAIT, &mut p.child, &log);
     (pop3, p)
 }
 

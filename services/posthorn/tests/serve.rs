@@ -2,8 +2,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 
 fn start_serve(dir: &std::path::Path, ports: &Ports) -> Proc {
@@ -34,12 +32,7 @@ fn serve_becomes_ready_and_the_directory_survives_a_kill() {
     let dir = tempfile::tempdir().unwrap();
     let ports = Ports::new();
     let mut p = start_serve(dir.path(), &ports);
-    wait_ready(
-        &ports.tiers(),
-        Duration::from_secs(60),
-        &mut p.child,
-        &p.log,
-    );
+    wait_ready(&ports.tiers(), READY_WAIT, &mut p.child, &p.log);
     let log = p.log_text();
     for what in ["gRPC (directory, admin) listening", "HTTP side port"] {
         assert!(log.contains(what), "log lacks {what:?}:\n{log}");
@@ -146,12 +139,7 @@ fn serve_becomes_ready_and_the_directory_survives_a_kill() {
     // SIGKILL, restart on the same data directory: everything is still there.
     p.kill();
     let mut p = start_serve(dir.path(), &ports);
-    wait_ready(
-        &ports.tiers(),
-        Duration::from_secs(60),
-        &mut p.child,
-        &p.log,
-    );
+    wait_ready(&ports.tiers(), READY_WAIT, &mut p.child, &p.log);
     let o = admin(&url, &["user", "list"]);
     assert!(o.status.success(), "{}", out(&o));
     assert_eq!(

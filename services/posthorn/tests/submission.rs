@@ -3,11 +3,7 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
-
-const WAIT: Duration = Duration::from_secs(20);
 
 #[test]
 fn swaks_starttls_auth_submission() {
@@ -132,7 +128,7 @@ fn smtplib_starttls_and_implicit_tls() {
 const STARTTLS_INJECTION: &str = r#"
 import socket, ssl, sys
 port = int(sys.argv[1])
-s = socket.create_connection(("127.0.0.1", port), timeout=10)
+s = socket.create_connection(("127.0.0.1", port), timeout=30)
 f = s.makefile("rb")
 def reply():
     lines = []

@@ -10,6 +10,19 @@ use std::time::{Duration, Instant};
 
 use posthorn_test_support::free_port;
 
+/// How long a test waits for something that normally takes well under a
+/// second (a delivery, a tier becoming ready): long enough for a machine
+/// whose cores are busy with other work, so it only bounds a hang.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// How long a whole system (five tiers, or `serve`) may take to become ready.
+pub const READY_WAIT: Duration = Duration::from_secs(120);
+
+/// The router's ack wait in the systems started here: an item whose router
+/// was killed before it acked is redelivered this long after it was handed
+/// out.
+pub const ROUTER_ACK_WAIT: Duration = Duration::from_secs(5);
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_posthorn")
 }
@@ -124,7 +137,9 @@ resolver_url = "http://127.0.0.1:{}"
 /// `GET path` on 127.0.0.1:port; (status, body), or None if not listening.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    // Generous: a loaded machine may take seconds to answer; `None` here
+    // reads as "not listening".
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
@@ -201,12 +216,14 @@ impl Proc {
         let _ = self.child.wait();
     }
 
-    /// SIGTERM and wait (up to 30 s) for a clean exit.
+    /// SIGTERM and wait for a clean exit: up to 60 s, well past the 25 s
+    /// shutdown grace after which the process exits anyway, so this only
+    /// bounds a hang.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(Some(st)) = self.child.try_wait() {
                 return st;
@@ -214,7 +231,7 @@ impl Proc {
             if Instant::now() > deadline {
                 self.kill();
                 panic!(
-                    "did not exit within 30 s of SIGTERM; log:\n{}",
+                    "did not exit within 60 s of SIGTERM; log:\n{}",
                     self.log_text()
                 );
             }
@@ -332,7 +349,10 @@ impl System {
         // A short ack wait, so items held by a killed router come back quickly.
         let mut env = vec![
             ("RUST_LOG", "info".to_string()),
-            ("POSTHORN_ROUTER__ACK_WAIT_SECS", "5".to_string()),
+            (
+                "POSTHORN_ROUTER__ACK_WAIT_SECS",
+                ROUTER_ACK_WAIT.as_secs().to_string(),
+            ),
             // Cluster tiers keep only their generated certificate here.
             (
                 "POSTHORN_SERVER__DATA_DIR",
@@ -404,9 +424,11 @@ impl System {
         }
     }
 
+    /// Wait until `/readyz` of every tier answers 200 (or panic with the
+    /// logs after [`READY_WAIT`]).
     pub fn wait_ready(&mut self) {
         let tiers = self.ports.tiers();
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + READY_WAIT;
         loop {
             let pending: Vec<String> = tiers
                 .iter()
@@ -430,7 +452,10 @@ impl System {
                 );
             }
             if Instant::now() > deadline {
-                panic!("not ready within 60 s: {pending:?}\n{}", self.logs());
+                panic!(
+                    "not ready within {READY_WAIT:?}: {pending:?}\n{}",
+                    self.logs()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -454,7 +479,7 @@ impl System {
     /// Run an admin command; panic with logs unless it succeeds.
     pub fn admin_ok(&self, args: &[&str]) -> String {
         // The router may be restarting (fault tests): retry while unreachable.
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + WAIT;
         let mut o = admin(&self.router_url(), args);
         while o.status.code() == Some(69) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(200));
@@ -515,12 +540,35 @@ impl System {
             }
             if Instant::now() > deadline {
                 panic!(
-                    "{address} has {} messages, expected {n}\n{}",
+                    "{address} has {} messages after {within:?}, expected {n}\n{}",
                     m.len(),
                     self.logs()
                 );
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Poll `check` every 100 ms until it returns `Some`; panic after
+    /// `within` naming `what` was waited for, with the system's logs.
+    pub fn wait_for<T>(
+        &self,
+        what: &str,
+        within: Duration,
+        mut check: impl FnMut() -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(v) = check() {
+                return v;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out after {within:?} waiting for {what}\n{}",
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
@@ -632,12 +680,22 @@ fn find_reply_end(buf: &[u8]) -> Option<usize> {
 
 /// Run a Python snippet; panic with its output unless it exits 0.
 pub fn python(script: &str, args: &[&str]) -> String {
+    python_or(script, args, String::new)
+}
+
+/// Like [`python`], adding `context()` (say a system's logs) on failure.
+pub fn python_or(script: &str, args: &[&str], context: impl FnOnce() -> String) -> String {
     let o = Command::new("python3")
         .arg("-c")
         .arg(script)
         .args(args)
         .output()
         .expect("python3");
-    assert!(o.status.success(), "python failed: {}", out(&o));
+    assert!(
+        o.status.success(),
+        "python failed: {}\n{}",
+        out(&o),
+        context()
+    );
     String::from_utf8_lossy(&o.stdout).to_string()
 }
