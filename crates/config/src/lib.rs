@@ -387,8 +387,15 @@ pub struct ResolverConfig {
     pub grpc_listen: String,
     /// Side HTTP port: /healthz, /readyz, /metrics.
     pub http_listen: String,
-    /// DNS servers (`ip:port`) to ask; empty: the system's resolv.conf.
+    /// DNS servers (`ip:port`, or a bare `ip` for port 53) to ask, in
+    /// order; empty: the `nameserver` lines of `/etc/resolv.conf`.
     pub nameservers: Vec<String>,
+    /// Seconds to wait for one server's answer (resolv.conf's `timeout`: 5).
+    pub timeout_secs: u64,
+    /// Tries of a query before it fails temporarily (resolv.conf's `attempts`: 2).
+    pub attempts: u32,
+    /// Most answers (one per name and record type) kept in the cache.
+    pub cache_size: u64,
 }
 
 impl Default for ResolverConfig {
@@ -397,8 +404,22 @@ impl Default for ResolverConfig {
             grpc_listen: "127.0.0.1:50052".into(),
             http_listen: "127.0.0.1:9082".into(),
             nameservers: Vec::new(),
+            timeout_secs: 5,
+            attempts: 2,
+            cache_size: 10_000,
         }
     }
+}
+
+/// Parse a `resolver.nameservers` entry: `ip:port` (`[v6]:port`) or a bare
+/// `ip` meaning port 53.
+pub fn parse_nameserver(s: &str) -> Option<std::net::SocketAddr> {
+    let s = s.trim();
+    s.parse::<std::net::SocketAddr>().ok().or_else(|| {
+        s.parse::<std::net::IpAddr>()
+            .ok()
+            .map(|ip| std::net::SocketAddr::new(ip, 53))
+    })
 }
 
 /// `[delivery]`
@@ -584,6 +605,23 @@ impl Config {
                 )));
             }
         }
+        for ns in &self.resolver.nameservers {
+            if parse_nameserver(ns).is_none() {
+                return Err(ConfigError(format!(
+                    "key `resolver.nameservers`: `{ns}` is not an `ip:port` or `ip` address"
+                )));
+            }
+        }
+        if self.resolver.timeout_secs < 1 {
+            return Err(ConfigError(
+                "key `resolver.timeout_secs`: must be at least 1".into(),
+            ));
+        }
+        if self.resolver.attempts < 1 {
+            return Err(ConfigError(
+                "key `resolver.attempts`: must be at least 1".into(),
+            ));
+        }
         if (self.tls.cert_file.is_empty()) != (self.tls.key_file.is_empty()) {
             return Err(ConfigError(
                 "keys `tls.cert_file` and `tls.key_file` must be set together".into(),
@@ -755,6 +793,52 @@ mod tests {
     }
 
     #[test]
+    fn resolver_keys_from_file_and_env() {
+        let c = Config::load_with_env(
+            None,
+            &[
+                (
+                    "POSTHORN_RESOLVER__NAMESERVERS",
+                    "[\"127.0.0.1:5353\", \"[::1]:53\", \"10.0.0.1\"]",
+                ),
+                ("POSTHORN_RESOLVER__TIMEOUT_SECS", "2"),
+                ("POSTHORN_RESOLVER__ATTEMPTS", "3"),
+                ("POSTHORN_RESOLVER__CACHE_SIZE", "50"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            c.resolver.nameservers,
+            ["127.0.0.1:5353", "[::1]:53", "10.0.0.1"]
+        );
+        assert_eq!(
+            parse_nameserver("10.0.0.1"),
+            Some("10.0.0.1:53".parse().unwrap())
+        );
+        assert_eq!(
+            parse_nameserver("[::1]:53"),
+            Some("[::1]:53".parse().unwrap())
+        );
+        assert_eq!(
+            (
+                c.resolver.timeout_secs,
+                c.resolver.attempts,
+                c.resolver.cache_size
+            ),
+            (2, 3, 50)
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("p.toml");
+        std::fs::write(&f, "[resolver]\nnameservers = [\"dns.example:53\"]\n").unwrap();
+        let err = Config::load_file_only(&f).unwrap_err().to_string();
+        assert!(err.contains("resolver.nameservers"), "{err}");
+        let err = Config::load_with_env(None, &[("POSTHORN_RESOLVER__ATTEMPTS", "0")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("resolver.attempts"), "{err}");
+    }
+
+    #[test]
     fn cidr() {
         let n = parse_cidr("10.0.0.0/8").unwrap();
         assert!(cidr_contains(n, "10.1.2.3".parse().unwrap()));
@@ -779,9 +863,14 @@ mod env_tests {
             jail.set_env("POSTHORN_STORAGE__BACKEND", "cluster");
             jail.set_env("POSTHORN_SMTP__MAX_RECIPIENTS", "7");
             jail.set_env("POSTHORN_TEST_REDIS_SERVER", "/usr/bin/redis-server");
+            jail.set_env(
+                "POSTHORN_RESOLVER__NAMESERVERS",
+                "[\"127.0.0.1:5353\", \"[::1]:53\"]",
+            );
             let c = Config::load(None).map_err(|e| e.to_string())?;
             assert_eq!(c.storage.backend, Backend::Cluster);
             assert_eq!(c.smtp.max_recipients, 7);
+            assert_eq!(c.resolver.nameservers, ["127.0.0.1:5353", "[::1]:53"]);
             Ok(())
         });
     }

@@ -18,6 +18,14 @@ pub mod router {
     }
 }
 
+/// `posthorn.resolver.*`
+pub mod resolver {
+    /// `posthorn.resolver.v1`: cached DNS lookups for delivery.
+    pub mod v1 {
+        tonic::include_proto!("posthorn.resolver.v1");
+    }
+}
+
 /// Ask a gRPC server's standard `grpc.health.v1` service whether `service`
 /// (empty: the server as a whole) is SERVING, with a 2-second deadline.
 pub async fn check_health(url: &str, service: &str) -> Result<(), String> {

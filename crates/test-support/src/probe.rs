@@ -6,7 +6,7 @@
 //! repeats it until it succeeds or the start deadline passes.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::net::{TcpStream, UdpSocket};
 use std::time::Duration;
 
 /// How long one probe attempt may wait for an answer.
@@ -22,6 +22,9 @@ pub(crate) enum Probe {
     /// The monitoring port's `/healthz` answers 200 (JetStream enabled and
     /// its store recovered), and the client port answers `PING` with `PONG`.
     Nats { monitor_port: u16 },
+    /// A DNS query (type A) for `name` over UDP gets an answer with its ID,
+    /// whatever the answer says.
+    Dns { name: String },
     /// A signed `HEAD /bucket` (HeadBucket) answers 200.
     S3 {
         bucket: String,
@@ -52,6 +55,7 @@ impl Probe {
                 }
                 nats_ping(port)
             }
+            Probe::Dns { name } => dns_query(port, name),
             Probe::S3 {
                 bucket,
                 access_key,
@@ -171,4 +175,32 @@ fn http(
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+/// Send one DNS query (RFC 1035 §4.1: header, one question, type A, class
+/// IN, recursion desired) and wait for a response carrying its ID.
+fn dns_query(port: u16, name: &str) -> Result<(), String> {
+    let id = (std::process::id() as u16) ^ (port.rotate_left(7));
+    let mut q = Vec::with_capacity(32);
+    q.extend_from_slice(&id.to_be_bytes());
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.trim_end_matches('.').split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let s = UdpSocket::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
+    // Short: UDP has no connect; an unanswered query is simply sent again.
+    s.set_read_timeout(Some(Duration::from_millis(500))).ok();
+    s.connect(("127.0.0.1", port))
+        .map_err(|e| format!("connect: {e}"))?;
+    s.send(&q).map_err(|e| format!("send: {e}"))?;
+    let mut buf = [0u8; 512];
+    loop {
+        let n = s.recv(&mut buf).map_err(|e| format!("no answer: {e}"))?;
+        // A response (QR set) to our query; anything else is ignored.
+        if n >= 12 && buf[..2] == id.to_be_bytes() && buf[2] & 0x80 != 0 {
+            return Ok(());
+        }
+    }
 }

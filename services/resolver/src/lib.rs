@@ -1,15 +1,31 @@
-//! The resolver tier. Its job is cached DNS lookups (MX/A/AAAA/TXT/TLSA)
-//! over gRPC for delivery; that API comes with the remote-delivery issue.
-//! Today it serves only `grpc.health.v1` and its side HTTP port, so that
-//! deployments and readiness wiring (delivery waits for it) work already.
+//! The resolver tier: cached DNS lookups (MX, A/AAAA, TXT, TLSA) over gRPC
+//! (`posthorn.resolver.v1`) for the delivery tier, beside `grpc.health.v1`
+//! and its side HTTP port. docs/resolver.md describes the API, the cache and
+//! which failures are temporary.
+//!
+//! # Layout
+//! - [`lookup`]: the [`Resolver`] (hickory-resolver behind our cache), IP,
+//!   TXT and TLSA lookups, name checks.
+//! - [`mx`]: `LookupMx` (RFC 5321 §5.1, RFC 7505).
+//! - [`cache`]: the TTL cache with negative caching (RFC 2308).
+//! - [`service`]: the gRPC service.
 
 #![warn(missing_docs)]
+
+pub mod cache;
+pub mod lookup;
+pub mod mx;
+pub mod service;
+
+pub use lookup::{InvalidName, Resolver};
+pub use service::Service;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use posthorn_backends::{BoxError, Provider, on_shutdown};
 use posthorn_config::Config;
+use posthorn_proto::resolver::v1::resolver_service_server::ResolverServiceServer;
 use posthorn_runtime::Health;
 use tokio::sync::watch;
 
@@ -34,20 +50,32 @@ pub async fn run(
                 cfg.resolver.grpc_listen
             )
         })?;
-    tracing::info!(tier = "resolver", addr = %grpc.local_addr()?, "gRPC listening");
+    let resolver = Arc::new(Resolver::new(&cfg.resolver)?);
+    tracing::info!(
+        tier = "resolver",
+        addr = %grpc.local_addr()?,
+        nameservers = ?resolver.nameservers(),
+        "gRPC listening"
+    );
     let (reporter, health_service) = tonic_health::server::health_reporter();
+    reporter
+        .set_serving::<ResolverServiceServer<Service>>()
+        .await;
     health.set_ready();
     let stop = {
         let health = health.clone();
         async move {
             on_shutdown(shutdown).await;
             health.set_not_ready("shutting down");
-            drop(reporter);
+            reporter
+                .set_not_serving::<ResolverServiceServer<Service>>()
+                .await;
         }
     };
     tonic::transport::Server::builder()
         .timeout(Duration::from_secs(30))
         .add_service(health_service)
+        .add_service(ResolverServiceServer::new(Service::new(resolver)))
         .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc), stop)
         .await?;
     Ok(())
