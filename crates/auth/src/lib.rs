@@ -298,37 +298,77 @@ mod tests {
         assert!(!verify_password("pw".into(), "not a hash".into()).await);
     }
 
+    /// `cache.verify(password, hash)` if it answers without running argon2
+    /// (from the cache), `None` if it would have to compute. Decided without
+    /// timing: every argon2 permit is held while the call is polled once, so
+    /// a computation cannot start and a cache miss stays pending.
+    async fn answered_from_cache(cache: &VerifyCache, password: &str, hash: &str) -> Option<bool> {
+        let n = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let _all = permits()
+            .acquire_many(u32::try_from(n).unwrap())
+            .await
+            .unwrap();
+        tokio::select! {
+            biased;
+            ok = cache.verify(password, hash) => Some(ok),
+            () = std::future::ready(()) => None,
+        }
+    }
+
     #[tokio::test]
     async fn verify_cache() {
         let h = hash_password("s3cret".into()).await.unwrap();
-        let c = VerifyCache::new(Duration::from_millis(300));
+        // Entries outlive the test however slow the machine: hits are
+        // checked here, expiry with a short TTL below.
+        let c = VerifyCache::new(Duration::from_secs(600));
+        assert_eq!(answered_from_cache(&c, "s3cret", &h).await, None);
         assert!(c.verify("s3cret", &h).await);
-        let t = Instant::now();
-        assert!(c.verify("s3cret", &h).await);
-        assert!(t.elapsed() < Duration::from_millis(5), "{:?}", t.elapsed());
+        assert_eq!(
+            answered_from_cache(&c, "s3cret", &h).await,
+            Some(true),
+            "a verified password is answered from the cache"
+        );
         // A wrong password is never cached, a different hash never matches.
         assert!(!c.verify("wrong", &h).await);
+        assert_eq!(answered_from_cache(&c, "wrong", &h).await, None);
         let h2 = hash_password("s3cret".into()).await.unwrap();
+        assert_eq!(answered_from_cache(&c, "s3cret", &h2).await, None);
         assert!(c.verify("s3cret", &h2).await);
         assert!(!c.verify("s3cret", DUMMY_HASH).await);
+        // Expiry: an entry older than the TTL is not used (the sleep is a
+        // lower bound: the entry was made before `verify` returned).
+        let short = VerifyCache::new(Duration::from_millis(300));
+        assert!(short.verify("s3cret", &h).await);
         std::thread::sleep(Duration::from_millis(350));
-        let t = Instant::now();
-        assert!(c.verify("s3cret", &h).await);
-        assert!(t.elapsed() > Duration::from_millis(5), "expired entry used");
+        assert_eq!(
+            answered_from_cache(&short, "s3cret", &h).await,
+            None,
+            "expired entry used"
+        );
+        assert!(short.verify("s3cret", &h).await);
         let off = VerifyCache::new(Duration::ZERO);
         assert!(off.verify("s3cret", &h).await);
+        assert_eq!(answered_from_cache(&off, "s3cret", &h).await, None);
         assert!(!off.verify("x", &h).await);
     }
 
     #[test]
     fn throttle() {
-        let t = Throttle::new(2, Duration::from_millis(200));
+        // A window no step of the test can outlast.
+        let t = Throttle::new(2, Duration::from_secs(600));
         assert!(t.allowed("a"));
         t.failed("a");
         assert!(t.allowed("a"));
         t.failed("a");
         assert!(!t.allowed("a"));
         assert!(t.allowed("b"));
+        t.succeeded("a");
+        assert!(t.allowed("a"));
+        // Failures older than the window no longer count (the sleep is a
+        // lower bound on their age).
+        let t = Throttle::new(2, Duration::from_millis(200));
+        t.failed("a");
+        t.failed("a");
         std::thread::sleep(Duration::from_millis(250));
         assert!(t.allowed("a"));
         t.failed("a");

@@ -9,8 +9,11 @@
 //! configs differ per case: opening a group again with another config
 //! updates it.
 //!
-//! Cases with timing (ack wait, nak delay) use 1-second ack waits, so the
-//! whole suite takes roughly 15 seconds.
+//! Cases with timing (ack wait, nak delay) use ack waits of 1 to 5 seconds,
+//! so the whole suite takes roughly 20 seconds. Timing is only checked as a
+//! lower bound ("not before the ack wait"); waits for something that should
+//! happen return as soon as it does and are bounded by [`WAIT`], which only
+//! bounds a hang, so a slow or busy machine cannot make a case fail.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -25,8 +28,9 @@ use crate::{Bus, Consumer, ConsumerConfig, Delivery, MailboxEvent, Queue};
 /// The one consumer group used by every case.
 pub const GROUP: &str = "conformance";
 
-/// How long a case waits for something that should happen.
-const WAIT: Duration = Duration::from_secs(10);
+/// How long a case waits for something that should happen (returning as
+/// soon as it does): only bounds a hang.
+const WAIT: Duration = Duration::from_secs(60);
 /// How long a case waits to be confident something does not happen.
 const QUIET: Duration = Duration::from_millis(500);
 
@@ -105,9 +109,9 @@ async fn ack(d: Delivery, case: &str) {
         .unwrap_or_else(|e| panic!("[{case}] ack of {id} failed: {e}"));
 }
 
-/// Wait (briefly) until the depth of `queue` is `want`.
+/// Wait until the depth of `queue` is `want` (at most [`WAIT`]).
 async fn expect_depth(bus: &Arc<dyn Bus>, case: &str, queue: Queue, want: u64) {
-    let deadline = Instant::now() + Duration::from_secs(3);
+    let deadline = Instant::now() + WAIT;
     loop {
         let got = bus
             .depth(queue)
@@ -117,7 +121,10 @@ async fn expect_depth(bus: &Arc<dyn Bus>, case: &str, queue: Queue, want: u64) {
             return;
         }
         if Instant::now() > deadline {
-            panic!("[{case}] depth({}) is {got}, expected {want}", queue.name());
+            panic!(
+                "[{case}] depth({}) is {got}, waited {WAIT:?} for it to be {want}",
+                queue.name()
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -189,10 +196,12 @@ pub async fn redelivery_after_ack_wait(bus: &Arc<dyn Bus>) {
     let mut c = consumer(bus, case, queue, cfg(1000, 5)).await;
     let id = unique("redeliver");
     publish(bus, case, queue, &id, b"redeliver me").await;
+    // Before asking: the lease (and its ack wait) cannot start earlier, so
+    // "waited" below is a safe lower bound however slow the machine is.
+    let t0 = Instant::now();
     let d1 = expect_next(&mut c, case, "the first delivery").await;
     assert_eq!(d1.msg_id, id, "[{case}] wrong msg_id");
     assert_eq!(d1.attempt, 1, "[{case}] first attempt");
-    let t0 = Instant::now();
     drop(d1); // the consumer "dies" without ack
     let d2 = expect_next(&mut c, case, "the redelivery after the ack wait").await;
     let waited = t0.elapsed();
@@ -228,7 +237,8 @@ pub async fn nak_with_delay(bus: &Arc<dyn Bus>) {
         waited + Duration::from_millis(20) >= delay,
         "[{case}] redelivered after {waited:?}, before the nak delay {delay:?}"
     );
-    // nak without delay: back at once (well before the 30 s ack wait).
+    // nak without delay: back at once, not after the 30 s ack wait (15 s:
+    // generous for a busy machine, still tells the two apart).
     let t1 = Instant::now();
     d2.nak(None)
         .await
@@ -237,8 +247,8 @@ pub async fn nak_with_delay(bus: &Arc<dyn Bus>) {
     assert_eq!(d3.msg_id, id, "[{case}] redelivered the wrong item");
     assert_eq!(d3.attempt, 3, "[{case}] attempt after two naks");
     assert!(
-        t1.elapsed() < Duration::from_secs(5),
-        "[{case}] nak(None) took {:?} to redeliver",
+        t1.elapsed() < Duration::from_secs(15),
+        "[{case}] nak(None) took {:?} to redeliver (ack wait 30 s)",
         t1.elapsed()
     );
     ack(d3, case).await;
@@ -247,26 +257,53 @@ pub async fn nak_with_delay(bus: &Arc<dyn Bus>) {
 
 /// `in_progress` restarts the ack wait: another consumer of the group does
 /// not get the item although the original ack wait passed.
+///
+/// Times are taken so that a slow machine cannot produce a false failure:
+/// the original lease starts after `t_pull` and so lasts at least until
+/// `t_pull + ack_wait`; `in_progress` must be confirmed before that (5 s
+/// ack wait, sent after 2 s: 3 s of slack for a stalled test); the renewed
+/// lease starts after `t_renew` and so lasts at least until
+/// `t_renew + ack_wait`; `c2` is watched until shortly before that, which
+/// is well past the original ack wait.
 pub async fn in_progress_extends_lease(bus: &Arc<dyn Bus>) {
     let case = "in_progress_extends_lease";
     let queue = Queue::Outbound;
-    let mut c1 = consumer(bus, case, queue, cfg(1000, 5)).await;
-    let mut c2 = consumer(bus, case, queue, cfg(1000, 5)).await;
+    let ack_wait = Duration::from_secs(5);
+    let renew_after = Duration::from_secs(2);
+    let margin = Duration::from_millis(500);
+    let config = ConsumerConfig {
+        ack_wait,
+        max_deliver: 5,
+    };
+    let mut c1 = consumer(bus, case, queue, config).await;
+    let mut c2 = consumer(bus, case, queue, config).await;
     let id = unique("progress");
     publish(bus, case, queue, &id, b"slow work").await;
+    let t_pull = Instant::now();
     let d = expect_next(&mut c1, case, "the item").await;
-    for _ in 0..2 {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        d.in_progress()
-            .await
-            .unwrap_or_else(|e| panic!("[{case}] in_progress failed: {e}"));
-    }
-    // ~1.0 s since delivery, lease renewed just now until ~2.0 s; looking
-    // until ~1.7 s is past the original 1 s ack wait.
+    let t_got = Instant::now();
+    expect_none(&mut c2, case, renew_after, "the item is leased to c1").await;
+    let t_renew = Instant::now();
+    d.in_progress()
+        .await
+        .unwrap_or_else(|e| panic!("[{case}] in_progress failed: {e}"));
+    let late = t_pull.elapsed();
+    assert!(
+        late < ack_wait,
+        "[{case}] cannot check: in_progress was confirmed {late:?} after the item was \
+         asked for, not within the {ack_wait:?} ack wait (the test process was stalled)"
+    );
+    // The original lease ended by `t_got + ack_wait`; the renewed one lasts
+    // at least until `t_renew + ack_wait`, at least `renew_after` later.
+    let watch_until = t_renew + ack_wait - margin;
+    assert!(
+        watch_until > t_got + ack_wait,
+        "[{case}] next() on c2 returned before its {renew_after:?} timeout"
+    );
     expect_none(
         &mut c2,
         case,
-        Duration::from_millis(700),
+        watch_until.saturating_duration_since(Instant::now()),
         "in_progress restarted the ack wait",
     )
     .await;
@@ -347,19 +384,28 @@ pub async fn max_deliver_goes_to_dead_letters(bus: &Arc<dyn Bus>) {
     d2.nak(None)
         .await
         .unwrap_or_else(|e| panic!("[{case}] nak failed: {e}"));
-    expect_none(
-        &mut c,
-        case,
-        Duration::from_millis(2500),
-        "max_deliver 2 reached",
-    )
-    .await;
-    expect_depth(bus, case, queue, 0).await;
-    let dead = dead_ids(bus, case, queue).await;
-    let found = dead.iter().find(|(d, _)| d == &id);
-    let Some((_, payload)) = found else {
-        panic!("[{case}] item that exceeded max_deliver missing from dead_letters: {dead:?}");
+    // The consumer moves the item to the dead letters when it would hand
+    // it out a third time (inside `next`): keep asking, never getting it,
+    // until it is there.
+    let deadline = Instant::now() + WAIT;
+    let payload = loop {
+        expect_none(
+            &mut c,
+            case,
+            Duration::from_millis(500),
+            "max_deliver 2 reached",
+        )
+        .await;
+        let dead = dead_ids(bus, case, queue).await;
+        if let Some((_, payload)) = dead.into_iter().find(|(d, _)| d == &id) {
+            break payload;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "[{case}] item that exceeded max_deliver not in dead_letters after {WAIT:?}"
+        );
     };
+    expect_depth(bus, case, queue, 0).await;
     assert_eq!(
         &payload[..],
         b"keeps failing",
@@ -379,21 +425,22 @@ pub async fn group_shares_work(bus: &Arc<dyn Bus>) {
         consumer(bus, case, queue, cfg(30_000, 5)).await,
     ];
     let done = Arc::new(AtomicU64::new(0));
+    // Both consume until all N are done; the deadline only bounds a hang
+    // (the check below then names what is missing).
+    let deadline = Instant::now() + 2 * WAIT;
     let mut tasks = Vec::new();
     for mut c in consumers {
         let done = done.clone();
         tasks.push(tokio::spawn(async move {
             let mut got = Vec::new();
-            let mut idle = 0;
-            while done.load(Ordering::SeqCst) < N as u64 && idle < 20 {
+            while done.load(Ordering::SeqCst) < N as u64 && Instant::now() < deadline {
                 match c.next(Duration::from_millis(500)).await {
                     Ok(Some(d)) => {
-                        idle = 0;
                         got.push((d.msg_id.clone(), d.attempt));
                         ack(d, case).await;
                         done.fetch_add(1, Ordering::SeqCst);
                     }
-                    Ok(None) => idle += 1,
+                    Ok(None) => {}
                     Err(e) => panic!("[{case}] next() failed: {e}"),
                 }
             }

@@ -1594,35 +1594,55 @@ pub async fn header_prefix_roundtrip(store: &Arc<dyn MetaStore>) {
 
 /// Leases: exclusive, renewable by the owner, expiring, releasable only by the owner.
 pub async fn leases(store: Arc<dyn MetaStore>) {
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
     let name = format!("pop3:lease-{}@conformance.test", std::process::id());
-    let ttl = Duration::from_millis(600);
+    // Exclusivity is checked with leases no step can outlast, however slow
+    // the machine; expiry below with a short one, waited for.
+    let long = Duration::from_secs(120);
     assert!(
-        store.acquire_lease(&name, "a", ttl).await.unwrap(),
+        store.acquire_lease(&name, "a", long).await.unwrap(),
         "[leases] first acquire"
     );
     assert!(
-        !store.acquire_lease(&name, "b", ttl).await.unwrap(),
+        !store.acquire_lease(&name, "b", long).await.unwrap(),
         "[leases] second owner must be refused"
     );
     assert!(
-        store.acquire_lease(&name, "a", ttl).await.unwrap(),
+        store.acquire_lease(&name, "a", long).await.unwrap(),
         "[leases] owner renews"
     );
     store.release_lease(&name, "b").await.unwrap();
     assert!(
-        !store.acquire_lease(&name, "b", ttl).await.unwrap(),
+        !store.acquire_lease(&name, "b", long).await.unwrap(),
         "[leases] a stranger cannot release"
     );
     store.release_lease(&name, "a").await.unwrap();
     assert!(
-        store.acquire_lease(&name, "b", ttl).await.unwrap(),
+        store.acquire_lease(&name, "b", long).await.unwrap(),
         "[leases] free after release"
     );
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    store.release_lease(&name, "b").await.unwrap();
+    // Expiry: a lease taken for `ttl` is free once it expires, not before.
+    let ttl = Duration::from_millis(600);
+    let taken = Instant::now();
     assert!(
-        store.acquire_lease(&name, "c", ttl).await.unwrap(),
-        "[leases] an expired lease is free"
+        store.acquire_lease(&name, "b", ttl).await.unwrap(),
+        "[leases] acquire after release"
+    );
+    let deadline = taken + Duration::from_secs(60);
+    while !store.acquire_lease(&name, "c", long).await.unwrap() {
+        assert!(
+            Instant::now() < deadline,
+            "[leases] an expired lease is free: still refused 60 s after a {ttl:?} lease"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // `taken` is before the lease was set, so this is a lower bound (50 ms
+    // for clock granularity).
+    let freed = taken.elapsed();
+    assert!(
+        freed + Duration::from_millis(50) >= ttl,
+        "[leases] a {ttl:?} lease was free after {freed:?}"
     );
     store.release_lease(&name, "c").await.unwrap();
 }

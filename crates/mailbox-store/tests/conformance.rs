@@ -54,94 +54,14 @@ async fn redis_unreachable_is_transient() {
     }
 }
 
-/// A one-node Redis Cluster (all 16384 slots on one node): Cluster mode
-/// still refuses cross-slot multi-key commands and scripts, so this checks
-/// the hash-tag keyspace and the Cluster connection path.
-struct ClusterNode {
-    child: std::process::Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for ClusterNode {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_cluster_node() -> ClusterNode {
-    let program = std::env::var("POSTHORN_TEST_REDIS_SERVER")
-        .ok()
-        .filter(|p| !p.is_empty())
-        .unwrap_or_else(|| "redis-server".into());
-    let port = posthorn_test_support::free_port();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let child = std::process::Command::new(&program)
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--dir", &dir.path().display().to_string()])
-        .args([
-            "--cluster-enabled",
-            "yes",
-            "--cluster-config-file",
-            "nodes.conf",
-        ])
-        .args([
-            "--save",
-            "",
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "always",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {program} (apt-get install redis-server): {e}"));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "redis cluster node did not start"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    ClusterNode {
-        child,
-        port,
-        _dir: dir,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_cluster_conformance() {
-    let node = start_cluster_node();
-    let url = format!("redis://127.0.0.1:{}/", node.port);
-    let client = redis::Client::open(url.as_str()).unwrap();
-    let mut c = client.get_multiplexed_async_connection().await.unwrap();
-    let _: () = redis::cmd("CLUSTER")
-        .arg("ADDSLOTSRANGE")
-        .arg(0)
-        .arg(16383)
-        .query_async(&mut c)
-        .await
-        .expect("CLUSTER ADDSLOTSRANGE");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let info: String = redis::cmd("CLUSTER")
-            .arg("INFO")
-            .query_async(&mut c)
-            .await
-            .unwrap();
-        if info.contains("cluster_state:ok") {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "cluster not ok: {info}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    // A one-node Redis Cluster (all 16384 slots on one node), handed over
+    // when `CLUSTER INFO` says `cluster_state:ok`: Cluster mode still
+    // refuses cross-slot multi-key commands and scripts, so this checks the
+    // hash-tag keyspace and the Cluster connection path.
+    let node = RedisServer::start_cluster();
+    let url = node.url();
     let store = RedisStore::connect_cluster(&[url])
         .await
         .expect("connect cluster");
