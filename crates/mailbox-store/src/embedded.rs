@@ -58,6 +58,8 @@ const BLOBS: TableDefinition<&str, u64> = TableDefinition::new("blobs");
 const BLOB_ZERO: TableDefinition<&str, i64> = TableDefinition::new("blob_zero");
 /// Lease name -> (owner, expiry in Unix milliseconds).
 const LEASES: TableDefinition<&str, (&str, u64)> = TableDefinition::new("leases");
+/// Marker name -> expiry in Unix milliseconds.
+const MARKERS: TableDefinition<&str, u64> = TableDefinition::new("markers");
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct AccountRec {
@@ -126,6 +128,7 @@ impl EmbeddedStore {
             txn.open_table(DEDUPE).map_err(storage(path))?;
             txn.open_table(BLOBS).map_err(storage(path))?;
             txn.open_table(BLOB_ZERO).map_err(storage(path))?;
+            txn.open_table(MARKERS).map_err(storage(path))?;
         }
         txn.commit().map_err(storage(path))?;
         Ok(Self {
@@ -1094,6 +1097,39 @@ impl MetaStore for EmbeddedStore {
         .await
     }
 
+    async fn set_marker(&self, name: &str, ttl: std::time::Duration) -> Result<()> {
+        check_marker_name(name)?;
+        let name = name.to_string();
+        let now = now_ms();
+        let exp = now + ttl.as_millis() as u64;
+        // Expired markers are dropped now and then (every 1024th set), so
+        // the table stays as large as the live markers.
+        static SETS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let prune = SETS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 1024 == 1023;
+        self.write(move |txn| {
+            let mut t = txn.open_table(MARKERS).map_err(dberr)?;
+            if prune {
+                t.retain(|_, e| e > now).map_err(dberr)?;
+            }
+            t.insert(name.as_str(), exp).map_err(dberr)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn has_marker(&self, name: &str) -> Result<bool> {
+        check_marker_name(name)?;
+        let now = now_ms();
+        self.lookup(|txn| {
+            let t = match txn.open_table(MARKERS) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+                Err(e) => return Err(dberr(e)),
+            };
+            Ok(t.get(name).map_err(dberr)?.is_some_and(|v| v.value() > now))
+        })
+    }
+
     async fn release_lease(&self, name: &str, owner: &str) -> Result<()> {
         let (name, owner) = (name.to_string(), owner.to_string());
         self.write(move |txn| {
@@ -1110,6 +1146,21 @@ impl MetaStore for EmbeddedStore {
         })
         .await
     }
+}
+
+/// Marker names follow the Redis store's hash-tag rule, so both accept the same.
+pub(crate) fn check_marker_name(name: &str) -> Result<()> {
+    if name.is_empty()
+        || name
+            .chars()
+            .any(|c| c == '{' || c == '}' || c.is_whitespace() || c.is_control())
+    {
+        return Err(Error::Invalid {
+            what: "marker name",
+            reason: format!("{name:?} is empty or has braces, spaces or control characters"),
+        });
+    }
+    Ok(())
 }
 
 fn now_ms() -> u64 {
@@ -1134,4 +1185,33 @@ pub(crate) fn check_rename(from: &str, to: &str) -> Result<()> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod marker_tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn markers_persist_and_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.redb");
+        {
+            let s = EmbeddedStore::open(&path).unwrap();
+            assert!(!s.has_marker("delivered/Q1/abc").await.unwrap());
+            s.set_marker("delivered/Q1/abc", Duration::from_secs(60))
+                .await
+                .unwrap();
+            s.set_marker("delivered/Q1/abc", Duration::from_secs(60))
+                .await
+                .unwrap();
+            s.set_marker("gone", Duration::ZERO).await.unwrap();
+            assert!(s.set_marker("a{b}", Duration::from_secs(1)).await.is_err());
+        }
+        // Durable across a reopen; an expired marker reads as unset.
+        let s = EmbeddedStore::open(&path).unwrap();
+        assert!(s.has_marker("delivered/Q1/abc").await.unwrap());
+        assert!(!s.has_marker("delivered/Q1/abd").await.unwrap());
+        assert!(!s.has_marker("gone").await.unwrap());
+    }
 }

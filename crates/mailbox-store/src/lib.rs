@@ -425,6 +425,35 @@ pub trait MetaStore: Send + Sync + 'static {
     ) -> Result<bool>;
     /// Release the lease `name` if `owner` holds it (otherwise nothing).
     async fn release_lease(&self, name: &str, owner: &str) -> Result<()>;
+
+    // --- markers (idempotence records of side effects, e.g. "delivered") ---
+
+    /// Record the marker `name` for `ttl` (setting it again renews it).
+    /// Durable once this returns, visible to every process sharing the
+    /// store. Names: no braces, whitespace or control characters.
+    async fn set_marker(&self, name: &str, ttl: std::time::Duration) -> Result<()> {
+        let _ = (name, ttl);
+        Err(Error::Invalid {
+            what: "marker",
+            reason: "markers are not supported by this store".into(),
+        })
+    }
+    /// Whether the marker `name` is set and unexpired.
+    async fn has_marker(&self, name: &str) -> Result<bool> {
+        let _ = name;
+        Err(Error::Invalid {
+            what: "marker",
+            reason: "markers are not supported by this store".into(),
+        })
+    }
+}
+
+/// The marker that keeps a blob from garbage collection while no message
+/// references it: set for the bodies of queued remote deliveries (router
+/// when it queues one, delivery on every deferral), honoured by the
+/// router's blob GC (docs/delivery.md).
+pub fn blob_pin_marker(blob_key: &str) -> String {
+    format!("blob-pin/{blob_key}")
 }
 
 #[cfg(test)]

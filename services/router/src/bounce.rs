@@ -20,9 +20,6 @@ use prost::Message;
 
 use crate::route::{Addressing, Target};
 
-/// Largest original message returned whole (RET=FULL); beyond it, headers.
-const MAX_RETURNED: u64 = 1 << 20;
-
 /// One recipient that could not be delivered.
 #[derive(Debug, Clone)]
 pub struct Failed {
@@ -38,112 +35,39 @@ pub struct Failed {
 /// without NOTIFY the default is FAILURE; `NEVER` or a list without
 /// `FAILURE` asks for none). Never for the null sender.
 pub fn wanted(env: &Envelope, rcpt: &Recipient) -> bool {
-    if env.mail_from.is_empty() {
-        return false;
-    }
-    rcpt.notify.is_empty()
-        || rcpt
-            .notify
-            .split(',')
-            .any(|n| n.trim().eq_ignore_ascii_case("FAILURE"))
+    posthorn_dsn::wanted(&env.mail_from, &rcpt.notify)
 }
 
-/// The header section of `msg` (through the blank line).
-fn header_section(msg: &[u8]) -> &[u8] {
-    msg.windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(msg, |p| &msg[..p + 4])
-}
-
-/// Compose the notification (CRLF line ends).
+/// Compose the notification (CRLF line ends) with the shared composer.
 pub fn compose(
     env: &Envelope,
     failed: &[Failed],
     original: Option<&[u8]>,
     hostname: &str,
 ) -> Vec<u8> {
-    let now = Utc::now();
-    let date = now.to_rfc2822();
-    let arrival = chrono::DateTime::from_timestamp(env.received_at, 0)
-        .unwrap_or(now)
-        .to_rfc2822();
-    let boundary = format!("{}.dsn/{}", env.id, hostname);
-    let mut m = String::new();
-    m.push_str(&format!(
-        "From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\n\
-         To: <{}>\r\n\
-         Subject: Undelivered Mail Returned to Sender\r\n\
-         Date: {date}\r\n\
-         Message-ID: <{}.dsn@{hostname}>\r\n\
-         Auto-Submitted: auto-replied\r\n\
-         MIME-Version: 1.0\r\n\
-         Content-Type: multipart/report; report-type=delivery-status;\r\n\
-         \tboundary=\"{boundary}\"\r\n\
-         \r\n\
-         This is a MIME-encapsulated message.\r\n\
-         \r\n\
-         --{boundary}\r\n\
-         Content-Description: Notification\r\n\
-         Content-Type: text/plain; charset=utf-8\r\n\
-         \r\n\
-         This is the mail system at host {hostname}.\r\n\
-         \r\n\
-         Your message could not be delivered to one or more recipients.\r\n\
-         It was accepted, but the recipients below no longer exist here.\r\n\
-         \r\n",
-        env.mail_from, env.id
-    ));
-    for f in failed {
-        m.push_str(&format!("<{}>: {}\r\n", f.rcpt.address, f.diagnostic));
-    }
-    m.push_str(&format!(
-        "\r\n--{boundary}\r\n\
-         Content-Description: Delivery report\r\n\
-         Content-Type: message/delivery-status\r\n\
-         \r\n\
-         Reporting-MTA: dns; {hostname}\r\n"
-    ));
-    if !env.dsn_envid.is_empty() {
-        m.push_str(&format!("Original-Envelope-Id: {}\r\n", env.dsn_envid));
-    }
-    m.push_str(&format!("Arrival-Date: {arrival}\r\n"));
-    for f in failed {
-        m.push_str(&format!(
-            "\r\nFinal-Recipient: rfc822; {}\r\n",
-            f.rcpt.address
-        ));
-        if !f.rcpt.orcpt.is_empty() {
-            m.push_str(&format!("Original-Recipient: {}\r\n", f.rcpt.orcpt));
-        }
-        m.push_str(&format!(
-            "Action: failed\r\nStatus: {}\r\nDiagnostic-Code: X-Posthorn; {}\r\n",
-            f.status, f.diagnostic
-        ));
-    }
-    let mut out = m.into_bytes();
-    if let Some(orig) = original {
-        let full = env.dsn_ret.eq_ignore_ascii_case("FULL") && env.size <= MAX_RETURNED;
-        let (ctype, part) = if full {
-            ("message/rfc822", orig)
-        } else {
-            ("text/rfc822-headers", header_section(orig))
-        };
-        out.extend_from_slice(
-            format!(
-                "\r\n--{boundary}\r\n\
-                 Content-Description: Undelivered message\r\n\
-                 Content-Type: {ctype}\r\n\
-                 \r\n"
-            )
-            .as_bytes(),
-        );
-        out.extend_from_slice(part);
-        if !part.ends_with(b"\r\n") {
-            out.extend_from_slice(b"\r\n");
-        }
-    }
-    out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-    out
+    let report = posthorn_dsn::Report {
+        id: &env.id,
+        mail_from: &env.mail_from,
+        received_at: env.received_at,
+        envid: &env.dsn_envid,
+        ret: &env.dsn_ret,
+        size: env.size,
+        hostname,
+        explanation: "Your message could not be delivered to one or more recipients.\r\n\
+                      It was accepted, but the recipients below no longer exist here.\r\n",
+    };
+    let rcpts: Vec<posthorn_dsn::RecipientReport> = failed
+        .iter()
+        .map(|f| posthorn_dsn::RecipientReport {
+            address: f.rcpt.address.clone(),
+            orcpt: f.rcpt.orcpt.clone(),
+            action: posthorn_dsn::Action::Failed,
+            status: f.status.to_string(),
+            diagnostic: posthorn_dsn::Diagnostic::Local(f.diagnostic.clone()),
+            remote_mta: None,
+        })
+        .collect();
+    posthorn_dsn::compose(&report, &rcpts, original)
 }
 
 /// Send a notification for `failed` (those that want one) to the sender of
@@ -228,6 +152,14 @@ pub async fn send(
                 }
             }
             Target::Remote(addr) => {
+                backends
+                    .meta
+                    .set_marker(
+                        &posthorn_mailbox_store::blob_pin_marker(&blob_key),
+                        crate::inbound::BLOB_PIN,
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let dsn_env = Envelope {
                     id: id.clone(),
                     mail_from: String::new(),

@@ -14,6 +14,12 @@
 //! recur; only an IMAP APPEND of bytes identical to a message unreferenced
 //! for a whole grace period, in the same instant as the GC pass deletes it,
 //! could lose that APPEND (documented in docs/operations.md).
+//!
+//! Bodies of queued remote deliveries have no reference (no mailbox holds
+//! them) and may wait in the queue for days: they are pinned with the
+//! marker [`posthorn_mailbox_store::blob_pin_marker`], set when the router
+//! queues them and renewed by delivery on every deferral, and a pinned
+//! blob is never collected.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,7 +37,14 @@ pub async fn pass(
     let deleted = blobs
         .gc(grace, |key| {
             let meta = meta.clone();
-            async move { meta.blob_refs(&key).await.map(|n| n > 0) }
+            async move {
+                if meta.blob_refs(&key).await? > 0 {
+                    return Ok(true);
+                }
+                // The body of a queued remote delivery (docs/delivery.md).
+                meta.has_marker(&posthorn_mailbox_store::blob_pin_marker(&key))
+                    .await
+            }
         })
         .await
         .map_err(|e| e.to_string())?;
@@ -112,8 +125,20 @@ mod tests {
                 .unwrap(),
             0
         );
+        // A pinned blob (queued for remote delivery) is kept.
+        let queued = blobs
+            .put(bytes::Bytes::from_static(b"Subject: queued\r\n\r\nx\r\n"))
+            .await
+            .unwrap();
+        meta.set_marker(
+            &posthorn_mailbox_store::blob_pin_marker(&queued),
+            Duration::from_secs(3600),
+        )
+        .await
+        .unwrap();
         assert_eq!(pass(&meta, &blobs, Duration::ZERO).await.unwrap(), 1);
         assert!(blobs.exists(&kept).await.unwrap());
+        assert!(blobs.exists(&queued).await.unwrap());
         assert!(!blobs.exists(&orphan).await.unwrap());
         // Expunged: its count drops to 0 and the next pass collects it.
         meta.expunge("alice@example.test", "INBOX", &[1])

@@ -123,6 +123,21 @@ async fn handle(addressing: &Addressing, backends: &Backends, delivery: Delivery
     }
 }
 
+/// How long the router pins the body of a message it queues for remote
+/// delivery: longer than the default queue lifetime (5 days); delivery
+/// renews the pin on every deferral for its configured lifetime.
+pub const BLOB_PIN: Duration = Duration::from_secs(7 * 86_400);
+
+/// Keep `blob_key` from garbage collection while remote deliveries wait
+/// for it (no mailbox references it; docs/delivery.md).
+async fn pin_blob(backends: &Backends, blob_key: &str) -> Result<(), Failure> {
+    backends
+        .meta
+        .set_marker(&posthorn_mailbox_store::blob_pin_marker(blob_key), BLOB_PIN)
+        .await
+        .map_err(transient)
+}
+
 fn transient<E: std::fmt::Display>(e: E) -> Failure {
     Failure::Transient(e.to_string())
 }
@@ -295,6 +310,9 @@ async fn route_envelope(
         }
     }
 
+    if !remotes.is_empty() {
+        pin_blob(backends, &env.blob_key).await?;
+    }
     for (addr, (rcpt, expanded_from)) in remotes {
         let item = OutboundItem {
             envelope: Some(env.clone()),

@@ -70,6 +70,17 @@ impl Ports {
 
     /// Like [`Ports::toml`], with extra `key = value` lines in `[smtp]`.
     pub fn toml_with(&self, smtp_extra: &str) -> String {
+        self.toml_extra(&Extra {
+            smtp: smtp_extra.to_string(),
+            ..Extra::default()
+        })
+    }
+
+    /// Like [`Ports::toml`], with extra `key = value` lines in `[smtp]`,
+    /// `[resolver]` and `[delivery]`.
+    pub fn toml_extra(&self, extra: &Extra) -> String {
+        let (smtp_extra, resolver_extra, delivery_extra) =
+            (&extra.smtp, &extra.resolver, &extra.delivery);
         format!(
             r#"
 [smtp]
@@ -92,10 +103,12 @@ grpc_listen = "127.0.0.1:{}"
 http_listen = "127.0.0.1:{}"
 
 [resolver]
+{resolver_extra}
 grpc_listen = "127.0.0.1:{}"
 http_listen = "127.0.0.1:{}"
 
 [delivery]
+{delivery_extra}
 http_listen = "127.0.0.1:{}"
 resolver_url = "http://127.0.0.1:{}"
 "#,
@@ -292,6 +305,17 @@ pub enum Backend {
     Cluster,
 }
 
+/// Extra `key = value` lines for sections of the configuration file.
+#[derive(Debug, Clone, Default)]
+pub struct Extra {
+    /// Lines in `[smtp]`.
+    pub smtp: String,
+    /// Lines in `[resolver]` (say `nameservers = ["127.0.0.1:5353"]`).
+    pub resolver: String,
+    /// Lines in `[delivery]` (say `remote_port = 2525`).
+    pub delivery: String,
+}
+
 /// A running Posthorn (embedded or five tier processes) on its own ports.
 pub struct System {
     pub backend: Backend,
@@ -301,12 +325,23 @@ pub struct System {
     pub redis: Option<posthorn_test_support::RedisServer>,
     pub nats: Option<posthorn_test_support::NatsServer>,
     pub s3: Option<posthorn_test_support::S3Server>,
-    extra_toml: String,
+    extra: Extra,
 }
 
 impl System {
     /// Start a system; `smtp_extra` holds extra `key = value` lines for `[smtp]`.
     pub fn start(backend: Backend, smtp_extra: &str) -> System {
+        System::start_extra(
+            backend,
+            Extra {
+                smtp: smtp_extra.to_string(),
+                ..Extra::default()
+            },
+        )
+    }
+
+    /// Start a system with extra lines in `[smtp]`, `[resolver]` and `[delivery]`.
+    pub fn start_extra(backend: Backend, extra: Extra) -> System {
         let dir = tempfile::tempdir().unwrap();
         let ports = Ports::new();
         let (redis, nats, s3) = if backend == Backend::Cluster {
@@ -326,9 +361,9 @@ impl System {
             redis,
             nats,
             s3,
-            extra_toml: smtp_extra.to_string(),
+            extra,
         };
-        std::fs::write(sys.config_path(), sys.ports.toml_with(&sys.extra_toml)).unwrap();
+        std::fs::write(sys.config_path(), sys.ports.toml_extra(&sys.extra)).unwrap();
         match backend {
             Backend::Embedded => sys.spawn("serve"),
             Backend::Cluster => {

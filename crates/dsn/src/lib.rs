@@ -1,0 +1,299 @@
+//! Delivery status notifications: RFC 3464 `message/delivery-status` in an
+//! RFC 6522 `multipart/report`, composed from plain values so that every
+//! tier can use it without linking another (the router bounces recipients
+//! that vanished before routing, delivery bounces remote failures).
+//!
+//! Pure: no I/O, no runtime. The caller stores the result and sends it to
+//! the envelope sender with the null reverse path `<>`.
+
+#![warn(missing_docs)]
+
+use chrono::Utc;
+
+/// Largest original message returned whole (RET=FULL); beyond it, headers.
+pub const MAX_RETURNED: u64 = 1 << 20;
+
+/// RFC 3464 §2.3.3 Action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Given up: the message will not be delivered to this recipient.
+    Failed,
+    /// Still being retried (delay warning).
+    Delayed,
+}
+
+impl Action {
+    fn as_str(self) -> &'static str {
+        match self {
+            Action::Failed => "failed",
+            Action::Delayed => "delayed",
+        }
+    }
+}
+
+/// RFC 3464 §2.3.6 Diagnostic-Code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Diagnostic {
+    /// A reason found here: `Diagnostic-Code: X-Posthorn; <text>`.
+    Local(String),
+    /// The remote SMTP reply, e.g. `550 5.1.1 no such user`:
+    /// `Diagnostic-Code: smtp; <reply>`.
+    Smtp(String),
+}
+
+impl Diagnostic {
+    fn text(&self) -> &str {
+        match self {
+            Diagnostic::Local(t) | Diagnostic::Smtp(t) => t,
+        }
+    }
+}
+
+/// The report on one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecipientReport {
+    /// The recipient address (Final-Recipient).
+    pub address: String,
+    /// RFC 3461 ORCPT as given (`addr-type;address`), empty if none.
+    pub orcpt: String,
+    /// Failed or delayed.
+    pub action: Action,
+    /// RFC 3463 status, e.g. `5.1.1`.
+    pub status: String,
+    /// Why.
+    pub diagnostic: Diagnostic,
+    /// The host that answered (Remote-MTA: dns; host), if one did.
+    pub remote_mta: Option<String>,
+}
+
+/// What the report is about: the original message and who reports.
+#[derive(Debug, Clone, Copy)]
+pub struct Report<'a> {
+    /// Queue id of the original message.
+    pub id: &'a str,
+    /// Envelope sender of the original (the report's recipient).
+    pub mail_from: &'a str,
+    /// Unix seconds when the original was accepted.
+    pub received_at: i64,
+    /// RFC 3461 ENVID, empty if none.
+    pub envid: &'a str,
+    /// RFC 3461 RET as given (`FULL` returns the whole message).
+    pub ret: &'a str,
+    /// Size of the original in octets.
+    pub size: u64,
+    /// This host (Reporting-MTA, From: MAILER-DAEMON@...).
+    pub hostname: &'a str,
+    /// One or more CRLF-terminated lines explaining the failure in the
+    /// human-readable part.
+    pub explanation: &'a str,
+}
+
+/// Whether a failure notification is wanted (RFC 3461 §4.1): never for the
+/// null sender; without NOTIFY the default is FAILURE; `NEVER` or a list
+/// without `FAILURE` asks for none.
+pub fn wanted(mail_from: &str, notify: &str) -> bool {
+    wanted_for(mail_from, notify, "FAILURE")
+}
+
+/// Like [`wanted`] for a delay warning (`DELAY`, also the default).
+pub fn delay_wanted(mail_from: &str, notify: &str) -> bool {
+    wanted_for(mail_from, notify, "DELAY")
+}
+
+fn wanted_for(mail_from: &str, notify: &str, what: &str) -> bool {
+    if mail_from.is_empty() {
+        return false;
+    }
+    notify.is_empty()
+        || notify
+            .split(',')
+            .any(|n| n.trim().eq_ignore_ascii_case(what))
+}
+
+/// The header section of `msg` (through the blank line).
+pub fn header_section(msg: &[u8]) -> &[u8] {
+    msg.windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(msg, |p| &msg[..p + 4])
+}
+
+/// Compose the notification (CRLF line ends). `original` is the message
+/// as stored; its headers (or all of it, RET=FULL up to [`MAX_RETURNED`])
+/// become the third part.
+pub fn compose(
+    report: &Report<'_>,
+    recipients: &[RecipientReport],
+    original: Option<&[u8]>,
+) -> Vec<u8> {
+    let hostname = report.hostname;
+    let now = Utc::now();
+    let date = now.to_rfc2822();
+    let arrival = chrono::DateTime::from_timestamp(report.received_at, 0)
+        .unwrap_or(now)
+        .to_rfc2822();
+    let boundary = format!("{}.dsn/{}", report.id, hostname);
+    let subject = if recipients.iter().all(|r| r.action == Action::Delayed) {
+        "Delayed Mail (still being retried)"
+    } else {
+        "Undelivered Mail Returned to Sender"
+    };
+    let mut m = String::new();
+    m.push_str(&format!(
+        "From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\n\
+         To: <{}>\r\n\
+         Subject: {subject}\r\n\
+         Date: {date}\r\n\
+         Message-ID: <{}.dsn@{hostname}>\r\n\
+         Auto-Submitted: auto-replied\r\n\
+         MIME-Version: 1.0\r\n\
+         Content-Type: multipart/report; report-type=delivery-status;\r\n\
+         \tboundary=\"{boundary}\"\r\n\
+         \r\n\
+         This is a MIME-encapsulated message.\r\n\
+         \r\n\
+         --{boundary}\r\n\
+         Content-Description: Notification\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\
+         \r\n\
+         This is the mail system at host {hostname}.\r\n\
+         \r\n\
+         {}\
+         \r\n",
+        report.mail_from, report.id, report.explanation
+    ));
+    for r in recipients {
+        match (&r.diagnostic, &r.remote_mta) {
+            (Diagnostic::Smtp(reply), Some(host)) => {
+                m.push_str(&format!("<{}>: host {host} said: {reply}\r\n", r.address))
+            }
+            (d, _) => m.push_str(&format!("<{}>: {}\r\n", r.address, d.text())),
+        }
+    }
+    m.push_str(&format!(
+        "\r\n--{boundary}\r\n\
+         Content-Description: Delivery report\r\n\
+         Content-Type: message/delivery-status\r\n\
+         \r\n\
+         Reporting-MTA: dns; {hostname}\r\n"
+    ));
+    if !report.envid.is_empty() {
+        m.push_str(&format!("Original-Envelope-Id: {}\r\n", report.envid));
+    }
+    m.push_str(&format!("Arrival-Date: {arrival}\r\n"));
+    for r in recipients {
+        m.push_str(&format!("\r\nFinal-Recipient: rfc822; {}\r\n", r.address));
+        if !r.orcpt.is_empty() {
+            m.push_str(&format!("Original-Recipient: {}\r\n", r.orcpt));
+        }
+        m.push_str(&format!(
+            "Action: {}\r\nStatus: {}\r\n",
+            r.action.as_str(),
+            r.status
+        ));
+        if let Some(host) = &r.remote_mta {
+            m.push_str(&format!("Remote-MTA: dns; {host}\r\n"));
+        }
+        match &r.diagnostic {
+            Diagnostic::Local(t) => m.push_str(&format!("Diagnostic-Code: X-Posthorn; {t}\r\n")),
+            Diagnostic::Smtp(t) => m.push_str(&format!("Diagnostic-Code: smtp; {t}\r\n")),
+        }
+    }
+    let mut out = m.into_bytes();
+    if let Some(orig) = original {
+        let full = report.ret.eq_ignore_ascii_case("FULL") && report.size <= MAX_RETURNED;
+        let (ctype, part) = if full {
+            ("message/rfc822", orig)
+        } else {
+            ("text/rfc822-headers", header_section(orig))
+        };
+        out.extend_from_slice(
+            format!(
+                "\r\n--{boundary}\r\n\
+                 Content-Description: Undelivered message\r\n\
+                 Content-Type: {ctype}\r\n\
+                 \r\n"
+            )
+            .as_bytes(),
+        );
+        out.extend_from_slice(part);
+        if !part.ends_with(b"\r\n") {
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    out
+}
+
+/// Status of an SMTP reply for the report: its enhanced code if it has
+/// one, else the class digit with `.0.0` (RFC 3463 §3).
+pub fn status_of(code: u16, enhanced: Option<[u8; 3]>) -> String {
+    match enhanced {
+        Some([c, s, d]) if c == 4 || c == 5 => format!("{c}.{s}.{d}"),
+        _ => format!("{}.0.0", if code >= 500 { 5 } else { 4 }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notify_rules() {
+        assert!(wanted("a@b", ""));
+        assert!(wanted("a@b", "SUCCESS,FAILURE"));
+        assert!(!wanted("a@b", "NEVER"));
+        assert!(!wanted("a@b", "DELAY"));
+        assert!(!wanted("", ""));
+        assert!(delay_wanted("a@b", ""));
+        assert!(delay_wanted("a@b", "DELAY"));
+        assert!(!delay_wanted("a@b", "FAILURE"));
+    }
+
+    #[test]
+    fn remote_failure_fields() {
+        let report = Report {
+            id: "Q9",
+            mail_from: "alice@example.test",
+            received_at: 0,
+            envid: "",
+            ret: "",
+            size: 10,
+            hostname: "mx.example.test",
+            explanation: "Your message could not be delivered.\r\n",
+        };
+        let rcpts = [RecipientReport {
+            address: "bob@remote.test".into(),
+            orcpt: String::new(),
+            action: Action::Failed,
+            status: status_of(550, Some([5, 1, 1])),
+            diagnostic: Diagnostic::Smtp("550 5.1.1 no such user".into()),
+            remote_mta: Some("mx1.remote.test".into()),
+        }];
+        let m = compose(&report, &rcpts, Some(b"Subject: x\r\n\r\nbody\r\n"));
+        let s = String::from_utf8(m.clone()).unwrap();
+        for want in [
+            "Subject: Undelivered Mail Returned to Sender\r\n",
+            "<bob@remote.test>: host mx1.remote.test said: 550 5.1.1 no such user\r\n",
+            "Final-Recipient: rfc822; bob@remote.test\r\nAction: failed\r\nStatus: 5.1.1\r\n\
+             Remote-MTA: dns; mx1.remote.test\r\n\
+             Diagnostic-Code: smtp; 550 5.1.1 no such user\r\n",
+            "Content-Type: text/rfc822-headers\r\n\r\nSubject: x\r\n",
+        ] {
+            assert!(s.contains(want), "missing {want:?} in\n{s}");
+        }
+        assert!(!s.contains("body"));
+        let st = posthorn_mime::analyze(&m);
+        assert_eq!(st.body.children.len(), 3);
+        // A delay warning says so.
+        let delayed = [RecipientReport {
+            action: Action::Delayed,
+            status: "4.4.1".into(),
+            ..rcpts[0].clone()
+        }];
+        let s = String::from_utf8(compose(&report, &delayed, None)).unwrap();
+        assert!(s.contains("Action: delayed\r\nStatus: 4.4.1\r\n"), "{s}");
+        assert!(s.contains("Subject: Delayed Mail"), "{s}");
+        assert_eq!(status_of(421, None), "4.0.0");
+        assert_eq!(status_of(554, Some([2, 0, 0])), "5.0.0");
+    }
+}

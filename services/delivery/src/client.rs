@@ -1,0 +1,386 @@
+//! One SMTP transaction to one address of a next hop, on `mail-send`'s
+//! client (reply parsing, EHLO capabilities, STARTTLS) with the RFC 5321
+//! §4.5.3.2 timeouts around every step, so a peer that never answers
+//! cannot hold a worker.
+//!
+//! Extensions are used only when the next hop offers them: STARTTLS
+//! (opportunistic, certificate not verified), SIZE, BODY=8BITMIME,
+//! SMTPUTF8, DSN (RET/ENVID on MAIL, NOTIFY/ORCPT on RCPT).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use mail_send::SmtpClient;
+use smtp_proto::{EXT_START_TLS, EhloResponse, Response};
+
+pub use crate::params::{Job, parameters, stuffed};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+/// RFC 5321 §4.5.3.2 timeouts (and the TCP connect timeout).
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// TCP connect to one address.
+    pub connect: Duration,
+    /// The 220 greeting.
+    pub greeting: Duration,
+    /// MAIL (and EHLO, STARTTLS).
+    pub mail: Duration,
+    /// Each RCPT.
+    pub rcpt: Duration,
+    /// The 354 after DATA.
+    pub data_init: Duration,
+    /// Each block of data written.
+    pub data_block: Duration,
+    /// The reply after the final dot.
+    pub data_end: Duration,
+}
+
+impl Timeouts {
+    /// From `[delivery]`.
+    pub fn from_config(d: &posthorn_config::DeliveryConfig) -> Self {
+        let s = Duration::from_secs;
+        Timeouts {
+            connect: s(d.connect_timeout_secs),
+            greeting: s(d.timeout_greeting_secs),
+            mail: s(d.timeout_mail_secs),
+            rcpt: s(d.timeout_rcpt_secs),
+            data_init: s(d.timeout_data_init_secs),
+            data_block: s(d.timeout_data_block_secs),
+            data_end: s(d.timeout_data_end_secs),
+        }
+    }
+}
+
+/// A reply of the next hop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// Basic code, e.g. 550.
+    pub code: u16,
+    /// Enhanced status code, if the reply had one.
+    pub esc: Option<[u8; 3]>,
+    /// The text (lines joined).
+    pub text: String,
+}
+
+impl Reply {
+    fn from_response(r: &Response<String>) -> Self {
+        let esc = (r.esc[0] != 0).then_some(r.esc);
+        Reply {
+            code: r.code,
+            esc,
+            text: r.message.replace(['\r', '\n'], " ").trim().to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.esc {
+            Some([a, b, c]) => write!(f, "{} {a}.{b}.{c} {}", self.code, self.text),
+            None => write!(f, "{} {}", self.code, self.text),
+        }
+    }
+}
+
+/// How an attempt on one address ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    /// Never got to a transaction (connection refused or lost, greeting or
+    /// EHLO not positive, TLS handshake failed): try the next address.
+    Unreachable(String),
+    /// 250 after the data.
+    Delivered(Reply),
+    /// A 5xx to MAIL, RCPT or the data: bounce.
+    Rejected(Reply),
+    /// A 4xx, a timeout or a lost connection during the transaction: retry later.
+    Deferred(String),
+    /// We decline to send (RFC 6531 SMTPUTF8 missing, too big): bounce with this status and text.
+    Refused(&'static str, String),
+}
+
+/// Run one transaction against `addr` (the MX host `host`).
+pub async fn attempt(addr: SocketAddr, host: &str, job: &Job<'_>, t: &Timeouts) -> Attempt {
+    let mut client = match SmtpClient::connect(addr, t.connect).await {
+        Ok(c) => c,
+        Err(e) => return Attempt::Unreachable(format!("connect to {host}[{addr}]: {e}")),
+    };
+    match tokio::time::timeout(t.greeting, client.read()).await {
+        Ok(Ok(r)) if r.code / 100 == 2 => {}
+        Ok(Ok(r)) => {
+            return Attempt::Unreachable(format!(
+                "{host}[{addr}] greeted with {}",
+                Reply::from_response(&r)
+            ));
+        }
+        Ok(Err(e)) => return Attempt::Unreachable(format!("{host}[{addr}] greeting: {e}")),
+        Err(_) => return Attempt::Unreachable(format!("{host}[{addr}]: no greeting (timeout)")),
+    }
+    client.timeout = t.mail;
+    let caps = match hello(&mut client, job.helo).await {
+        Ok(c) => c,
+        Err(e) => return Attempt::Unreachable(format!("{host}[{addr}] EHLO: {e}")),
+    };
+    if caps.has_capability(EXT_START_TLS) {
+        match client.cmd(b"STARTTLS\r\n").await {
+            Ok(r) if r.code == 220 => {
+                let name = tls_name(host);
+                let mut tls = match client.into_tls(&crate::tls::connector(), &name).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        return Attempt::Unreachable(format!("{host}[{addr}] TLS handshake: {e}"));
+                    }
+                };
+                tls.timeout = t.mail;
+                let caps = match hello(&mut tls, job.helo).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        return Attempt::Unreachable(format!("{host}[{addr}] EHLO after TLS: {e}"));
+                    }
+                };
+                return transaction(&mut tls, &caps, job, t).await;
+            }
+            // Refused: carry on in plain text (opportunistic TLS).
+            Ok(r) => {
+                tracing::info!(%host, reply = %Reply::from_response(&r), "STARTTLS refused; continuing without TLS")
+            }
+            Err(e) => return Attempt::Unreachable(format!("{host}[{addr}] STARTTLS: {e}")),
+        }
+    }
+    transaction(&mut client, &caps, job, t).await
+}
+
+/// A name for the TLS handshake's SNI; certificates are not verified, so
+/// an address literal or odd name falls back to `localhost`.
+fn tls_name(host: &str) -> String {
+    let h = host.trim_end_matches('.');
+    if rustls_pki_types::ServerName::try_from(h).is_ok() {
+        h.to_string()
+    } else {
+        "localhost".into()
+    }
+}
+
+/// EHLO, falling back to HELO (no extensions) if EHLO is refused.
+async fn hello<T: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut SmtpClient<T>,
+    helo: &str,
+) -> Result<EhloResponse<String>, String> {
+    match client.ehlo(helo).await {
+        Ok(caps) => Ok(caps),
+        Err(mail_send::Error::UnexpectedReply(r)) if r.code / 100 == 5 => {
+            let r = client
+                .cmd(format!("HELO {helo}\r\n"))
+                .await
+                .map_err(|e| e.to_string())?;
+            if r.code / 100 == 2 {
+                Ok(EhloResponse::default())
+            } else {
+                Err(Reply::from_response(&r).to_string())
+            }
+        }
+        Err(mail_send::Error::UnexpectedReply(r)) => Err(Reply::from_response(&r).to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Map a reply to a non-final command: 2xx goes on, 5xx bounces, the rest retries.
+fn check(step: &str, r: mail_send::Result<Response<String>>) -> Result<(), Attempt> {
+    match r {
+        Ok(r) if r.code / 100 == 2 => Ok(()),
+        Ok(r) if r.code / 100 == 5 => Err(Attempt::Rejected(Reply::from_response(&r))),
+        Ok(r) => Err(Attempt::Deferred(format!(
+            "{step}: {}",
+            Reply::from_response(&r)
+        ))),
+        Err(mail_send::Error::Timeout) => Err(Attempt::Deferred(format!("{step}: timeout"))),
+        Err(e) => Err(Attempt::Deferred(format!("{step}: {e}"))),
+    }
+}
+
+async fn transaction<T: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut SmtpClient<T>,
+    caps: &EhloResponse<String>,
+    job: &Job<'_>,
+    t: &Timeouts,
+) -> Attempt {
+    match run(client, caps, job, t).await {
+        Ok(a) | Err(a) => {
+            if !matches!(a, Attempt::Deferred(_)) {
+                client.timeout = t.mail;
+                let _ = client.cmd(b"QUIT\r\n").await;
+            }
+            a
+        }
+    }
+}
+
+async fn run<T: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut SmtpClient<T>,
+    caps: &EhloResponse<String>,
+    job: &Job<'_>,
+    t: &Timeouts,
+) -> Result<Attempt, Attempt> {
+    let (mail_params, rcpt_params) = parameters(caps, job)?;
+    client.timeout = t.mail;
+    let r = client
+        .cmd(format!("MAIL FROM:<{}>{mail_params}\r\n", job.mail_from))
+        .await;
+    check("MAIL", r)?;
+    client.timeout = t.rcpt;
+    let r = client
+        .cmd(format!("RCPT TO:<{}>{rcpt_params}\r\n", job.rcpt))
+        .await;
+    check("RCPT", r)?;
+    let binary = job.body_type.eq_ignore_ascii_case("BINARYMIME");
+    if binary {
+        client.timeout = t.data_end;
+        let r = client
+            .cmd(
+                [
+                    format!("BDAT {} LAST\r\n", job.message.len()).as_bytes(),
+                    job.message,
+                ]
+                .concat(),
+            )
+            .await;
+        return final_reply("BDAT", r);
+    }
+    client.timeout = t.data_init;
+    match client.cmd(b"DATA\r\n").await {
+        Ok(r) if r.code == 354 => {}
+        r => {
+            check("DATA", r)?;
+            return Err(Attempt::Deferred("DATA: no 354".into()));
+        }
+    }
+    for block in stuffed(job.message).chunks(64 * 1024) {
+        match tokio::time::timeout(t.data_block, client.stream.write_all(block)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Attempt::Deferred(format!("data: {e}"))),
+            Err(_) => return Err(Attempt::Deferred("data: write timeout".into())),
+        }
+    }
+    let r = tokio::time::timeout(t.data_end, async {
+        client.stream.flush().await?;
+        client.read().await
+    })
+    .await
+    .unwrap_or(Err(mail_send::Error::Timeout));
+    final_reply("end of data", r)
+}
+
+fn final_reply(step: &str, r: mail_send::Result<Response<String>>) -> Result<Attempt, Attempt> {
+    match r {
+        Ok(r) if r.code / 100 == 2 => Ok(Attempt::Delivered(Reply::from_response(&r))),
+        other => {
+            check(step, other)?;
+            Err(Attempt::Deferred(format!("{step}: unexpected reply")))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quick() -> Timeouts {
+        let ms = Duration::from_millis;
+        Timeouts {
+            connect: ms(2_000),
+            greeting: ms(300),
+            mail: ms(300),
+            rcpt: ms(300),
+            data_init: ms(300),
+            data_block: ms(300),
+            data_end: ms(300),
+        }
+    }
+
+    fn job(message: &[u8]) -> Job<'_> {
+        Job {
+            helo: "client.test",
+            mail_from: "a@example.test",
+            rcpt: "b@remote.test",
+            notify: "",
+            orcpt: "",
+            ret: "",
+            envid: "",
+            body_type: "",
+            needs_smtputf8: false,
+            message,
+        }
+    }
+
+    /// A peer that sends `lines` (one per command it reads, the first
+    /// unprompted as the greeting) and then goes silent, keeping the
+    /// connection open: the client must give up on its own.
+    async fn silent_peer(lines: &'static [&'static str]) -> SocketAddr {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            let (r, mut w) = s.into_split();
+            let mut r = BufReader::new(r);
+            let mut line = String::new();
+            for (i, reply) in lines.iter().enumerate() {
+                if i > 0 {
+                    line.clear();
+                    if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                }
+                w.write_all(reply.as_bytes()).await.unwrap();
+            }
+            // Hold the connection, answer nothing.
+            let _ = tokio::io::copy(&mut r, &mut tokio::io::sink()).await;
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_silent_peer_cannot_hold_a_worker() {
+        // No greeting at all: the next address is tried.
+        let addr = silent_peer(&[]).await;
+        let a = attempt(addr, "mx.test", &job(b"x\r\n"), &quick()).await;
+        assert!(
+            matches!(&a, Attempt::Unreachable(w) if w.contains("no greeting")),
+            "{a:?}"
+        );
+        // Silent after MAIL: deferred.
+        let addr = silent_peer(&["220 hi\r\n", "250 ok\r\n"]).await;
+        let a = attempt(addr, "mx.test", &job(b"x\r\n"), &quick()).await;
+        assert_eq!(a, Attempt::Deferred("MAIL: timeout".into()));
+        // Silent after the final dot: deferred.
+        let addr = silent_peer(&[
+            "220 hi\r\n",
+            "250 ok\r\n",
+            "250 ok\r\n",
+            "250 ok\r\n",
+            "354 go\r\n",
+        ])
+        .await;
+        let a = attempt(addr, "mx.test", &job(b"x\r\n"), &quick()).await;
+        assert!(
+            matches!(&a, Attempt::Deferred(w) if w.contains("end of data")),
+            "{a:?}"
+        );
+        // A 4xx greeting: the next address.
+        let addr = silent_peer(&["421 4.3.2 busy\r\n"]).await;
+        let a = attempt(addr, "mx.test", &job(b"x\r\n"), &quick()).await;
+        assert!(
+            matches!(&a, Attempt::Unreachable(w) if w.contains("421")),
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn reply_display() {
+        let r = Reply {
+            code: 550,
+            esc: Some([5, 1, 1]),
+            text: "no such user".into(),
+        };
+        assert_eq!(r.to_string(), "550 5.1.1 no such user");
+    }
+}

@@ -1,0 +1,374 @@
+//! One outbound item: look up the next hops, try them in order, and settle
+//! the item (docs/delivery.md).
+//!
+//! | outcome | then |
+//! |---|---|
+//! | 250 after the data | `done` marker, ack |
+//! | 5xx, NULL_MX, NXDOMAIN, no addresses, SMTPUTF8 missing | DSN to the sender (never to `<>`), `done` marker, ack |
+//! | 4xx, timeout, lost connection, TEMPORARY, every address unreachable | NAK with the next delay of the schedule; past the lifetime: DSN, ack |
+//!
+//! The `done` marker (metadata store, keyed by message id + recipient) makes
+//! a redelivered item — an ack lost to a crash — a no-op instead of a
+//! second copy (docs/architecture.md invariant 2).
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use posthorn_backends::Backends;
+use posthorn_bus::Delivery;
+use posthorn_dsn::Diagnostic;
+use posthorn_proto::common::v1::{Envelope, OutboundItem, Recipient};
+use posthorn_proto::resolver::v1::resolver_service_client::ResolverServiceClient;
+use posthorn_proto::resolver::v1::{LookupMxRequest, ResultKind};
+use prost::Message;
+use tonic::transport::Channel;
+
+use crate::bounce::{self, Failure};
+use crate::client::{self, Attempt, Job, Timeouts};
+use crate::retry::Schedule;
+
+/// What a worker needs.
+#[derive(Clone)]
+pub struct Ctx {
+    /// Stores and queues.
+    pub backends: Backends,
+    /// The resolver tier.
+    pub resolver: ResolverServiceClient<Channel>,
+    /// `server.hostname`: EHLO, Reporting-MTA.
+    pub hostname: String,
+    /// Port of the next hops.
+    pub port: u16,
+    /// SMTP timeouts.
+    pub timeouts: Timeouts,
+    /// Retry schedule.
+    pub schedule: Schedule,
+    /// The consumer's ack wait (the heartbeat runs at a third of it).
+    pub ack_wait: Duration,
+}
+
+/// How handling ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Delivered (or delivered before): ack.
+    Delivered,
+    /// Failed for good: notify, ack.
+    Failed(Failure),
+    /// Try again later.
+    Deferred(String),
+}
+
+/// Marker name of a settled (message, recipient).
+pub fn done_marker(env: &Envelope, rcpt: &str) -> String {
+    format!(
+        "delivery-done/{}",
+        bounce::short_hash(&format!("{}\0{rcpt}", env.id))
+    )
+}
+
+/// How long a `done` marker is kept: past any redelivery of the item.
+fn marker_ttl(s: &Schedule) -> Duration {
+    s.lifetime + Duration::from_secs(7 * 86_400)
+}
+
+/// Handle one delivery of the outbound queue.
+pub async fn handle(ctx: &Ctx, delivery: Delivery) {
+    let item = match OutboundItem::decode(delivery.payload.clone()) {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::error!(msg_id = %delivery.msg_id, error = %e, "undecodable outbound item moved to the dead-letter queue");
+            let _ = delivery.term().await;
+            return;
+        }
+    };
+    let (Some(env), Some(rcpt)) = (item.envelope, item.recipient) else {
+        tracing::error!(msg_id = %delivery.msg_id, "outbound item without envelope or recipient; dead-lettered");
+        let _ = delivery.term().await;
+        return;
+    };
+    let span = tracing::info_span!("deliver", msg_id = %env.id, rcpt = %rcpt.address, attempt = delivery.attempt);
+    tracing::Instrument::instrument(settle(ctx, delivery, env, rcpt), span).await;
+}
+
+async fn settle(ctx: &Ctx, delivery: Delivery, env: Envelope, rcpt: Recipient) {
+    let marker = done_marker(&env, &rcpt.address);
+    match ctx.backends.meta.has_marker(&marker).await {
+        Ok(true) => {
+            tracing::info!("already settled (redelivery); acking");
+            let _ = delivery.ack().await;
+            return;
+        }
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "metadata store unavailable; will retry");
+            let _ = delivery.nak(Some(Duration::from_secs(10))).await;
+            return;
+        }
+    }
+    let started = std::time::Instant::now();
+    let outcome = {
+        let work = attempt_all(ctx, &env, &rcpt);
+        tokio::pin!(work);
+        let mut beat = tokio::time::interval((ctx.ack_wait / 3).max(Duration::from_millis(100)));
+        beat.tick().await;
+        loop {
+            tokio::select! {
+                o = &mut work => break o,
+                _ = beat.tick() => { let _ = delivery.in_progress().await; }
+            }
+        }
+    };
+    metrics::histogram!("posthorn_delivery_attempt_seconds")
+        .record(started.elapsed().as_secs_f64());
+    let now = chrono::Utc::now().timestamp();
+    let outcome = match outcome {
+        Outcome::Deferred(reason) if ctx.schedule.expired(env.received_at, now) => {
+            tracing::warn!(%reason, "lifetime exceeded; bouncing");
+            Outcome::Failed(Failure {
+                status: "4.4.7".into(),
+                diagnostic: Diagnostic::Local(format!(
+                    "delivery lifetime exceeded; last error: {reason}"
+                )),
+                remote_mta: None,
+            })
+        }
+        o => o,
+    };
+    match outcome {
+        Outcome::Delivered => {
+            metrics::counter!("posthorn_delivery_delivered_total").increment(1);
+            finish(ctx, delivery, &marker).await;
+        }
+        Outcome::Failed(f) => {
+            tracing::warn!(status = %f.status, diagnostic = ?f.diagnostic, "delivery failed permanently");
+            metrics::counter!("posthorn_delivery_bounced_total").increment(1);
+            if let Err(e) = bounce::send(&ctx.backends, &ctx.hostname, &env, &rcpt, &f).await {
+                tracing::warn!(error = %e, "notification not queued; will retry the item");
+                let _ = delivery.nak(Some(Duration::from_secs(30))).await;
+                return;
+            }
+            finish(ctx, delivery, &marker).await;
+        }
+        Outcome::Deferred(reason) => {
+            let age = ctx.schedule.age(env.received_at, now);
+            let delay = ctx.schedule.delay(delivery.attempt, age);
+            // Keep the body from blob GC until the last retry is over.
+            let pin = posthorn_mailbox_store::blob_pin_marker(&env.blob_key);
+            let ttl = ctx.schedule.lifetime.saturating_sub(age) + Duration::from_secs(86_400);
+            if let Err(e) = ctx.backends.meta.set_marker(&pin, ttl).await {
+                tracing::warn!(error = %e, "blob pin not renewed");
+            }
+            tracing::info!(%reason, retry_in = ?delay, "delivery deferred");
+            metrics::counter!("posthorn_delivery_deferred_total").increment(1);
+            if let Err(e) = delivery.nak(Some(delay)).await {
+                tracing::warn!(error = %e, "nak failed; the item comes back after the ack wait");
+            }
+        }
+    }
+}
+
+/// Record the marker (best effort: the ack alone settles the item unless it
+/// is lost too), then ack.
+async fn finish(ctx: &Ctx, delivery: Delivery, marker: &str) {
+    let ttl = marker_ttl(&ctx.schedule);
+    for _ in 0..3 {
+        match ctx.backends.meta.set_marker(marker, ttl).await {
+            Ok(()) => break,
+            Err(e) => tracing::warn!(error = %e, "done marker not recorded"),
+        }
+    }
+    if let Err(e) = delivery.ack().await {
+        tracing::warn!(error = %e, "ack failed; the redelivery will find the done marker");
+    }
+}
+
+/// Whether the message needs SMTPUTF8 (RFC 6531): non-ASCII addresses or
+/// header section.
+fn needs_smtputf8(env: &Envelope, rcpt: &str, message: &[u8]) -> bool {
+    !env.mail_from.is_ascii()
+        || !rcpt.is_ascii()
+        || !posthorn_dsn::header_section(message).is_ascii()
+}
+
+/// The next hops of `domain`, in order: (host name, its addresses).
+async fn next_hops(ctx: &Ctx, domain: &str) -> Result<Vec<(String, Vec<IpAddr>)>, Outcome> {
+    if let Some(lit) = domain.strip_prefix('[').and_then(|d| d.strip_suffix(']')) {
+        let ip = lit.strip_prefix("IPv6:").unwrap_or(lit);
+        return match ip.parse::<IpAddr>() {
+            Ok(ip) => Ok(vec![(domain.to_string(), vec![ip])]),
+            Err(_) => Err(permanent(
+                "5.1.2",
+                format!("bad address literal {domain}"),
+                None,
+            )),
+        };
+    }
+    let mut resolver = ctx.resolver.clone();
+    let answer = resolver
+        .lookup_mx(LookupMxRequest {
+            domain: domain.trim_end_matches('.').to_ascii_lowercase(),
+            resolve_addresses: true,
+        })
+        .await;
+    let resp = match answer {
+        Ok(r) => r.into_inner(),
+        Err(s) if s.code() == tonic::Code::InvalidArgument => {
+            return Err(permanent(
+                "5.1.2",
+                format!("bad destination domain {domain}: {}", s.message()),
+                None,
+            ));
+        }
+        Err(s) => return Err(Outcome::Deferred(format!("resolver: {}", s.message()))),
+    };
+    let a = resp.answer.unwrap_or_default();
+    match ResultKind::try_from(a.result).unwrap_or(ResultKind::Unspecified) {
+        ResultKind::Ok => {}
+        ResultKind::NullMx => {
+            return Err(permanent(
+                "5.1.10",
+                format!("556 5.1.10 {domain} accepts no mail (null MX, RFC 7505)"),
+                None,
+            ));
+        }
+        ResultKind::Nxdomain => {
+            return Err(permanent(
+                "5.1.2",
+                format!("host or domain name not found: {domain} (NXDOMAIN)"),
+                None,
+            ));
+        }
+        ResultKind::NoRecords => {
+            return Err(permanent(
+                "5.1.2",
+                format!("{domain} has no MX and no address records"),
+                None,
+            ));
+        }
+        ResultKind::Temporary | ResultKind::Unspecified => {
+            return Err(Outcome::Deferred(format!(
+                "DNS lookup of {domain} failed temporarily: {}",
+                a.detail
+            )));
+        }
+    }
+    let mut hops = Vec::new();
+    let mut temporary = false;
+    for h in resp.hosts {
+        let addrs: Vec<IpAddr> = h.addresses.iter().filter_map(|a| a.parse().ok()).collect();
+        if addrs.is_empty() {
+            temporary |= h.address_result == ResultKind::Temporary as i32;
+            tracing::info!(host = %h.exchange, result = h.address_result, "MX host without addresses; skipped");
+            continue;
+        }
+        hops.push((h.exchange, addrs));
+    }
+    if hops.is_empty() {
+        return Err(if temporary {
+            Outcome::Deferred(format!(
+                "addresses of the MX hosts of {domain} not found (temporary)"
+            ))
+        } else {
+            permanent(
+                "5.4.4",
+                format!("no MX host of {domain} has an address"),
+                None,
+            )
+        });
+    }
+    Ok(hops)
+}
+
+fn permanent(status: &str, text: String, host: Option<String>) -> Outcome {
+    Outcome::Failed(Failure {
+        status: status.into(),
+        diagnostic: Diagnostic::Local(text),
+        remote_mta: host,
+    })
+}
+
+/// Try the next hops of the recipient's domain, in order.
+pub async fn attempt_all(ctx: &Ctx, env: &Envelope, rcpt: &Recipient) -> Outcome {
+    let Some((_, domain)) = rcpt.address.rsplit_once('@') else {
+        return permanent(
+            "5.1.3",
+            format!("bad recipient address {}", rcpt.address),
+            None,
+        );
+    };
+    let message = match ctx.backends.blobs.get(&env.blob_key).await {
+        Ok(b) => b,
+        Err(e) if e.is_transient() => return Outcome::Deferred(format!("blob store: {e}")),
+        Err(e) => {
+            tracing::error!(blob = %env.blob_key, error = %e, "message body missing");
+            return permanent("5.3.0", format!("the message body is lost ({e})"), None);
+        }
+    };
+    let hops = match next_hops(ctx, domain).await {
+        Ok(h) => h,
+        Err(o) => return o,
+    };
+    let job = Job {
+        helo: &ctx.hostname,
+        mail_from: &env.mail_from,
+        rcpt: &rcpt.address,
+        notify: &rcpt.notify,
+        orcpt: &rcpt.orcpt,
+        ret: &env.dsn_ret,
+        envid: &env.dsn_envid,
+        body_type: &env.body_type,
+        needs_smtputf8: needs_smtputf8(env, &rcpt.address, &message),
+        message: &message,
+    };
+    let mut last = String::from("no next hop tried");
+    for (host, addrs) in hops {
+        for ip in addrs {
+            let addr = SocketAddr::new(ip, ctx.port);
+            match client::attempt(addr, &host, &job, &ctx.timeouts).await {
+                Attempt::Unreachable(why) => {
+                    tracing::info!(%host, %addr, %why, "next hop unreachable; trying the next");
+                    last = why;
+                }
+                Attempt::Delivered(reply) => {
+                    tracing::info!(%host, %addr, %reply, "delivered");
+                    return Outcome::Delivered;
+                }
+                Attempt::Rejected(reply) => {
+                    return Outcome::Failed(Failure {
+                        status: posthorn_dsn::status_of(reply.code, reply.esc),
+                        diagnostic: Diagnostic::Smtp(reply.to_string()),
+                        remote_mta: Some(host.trim_end_matches('.').to_string()),
+                    });
+                }
+                Attempt::Refused(status, text) => {
+                    return permanent(status, text, Some(host.trim_end_matches('.').to_string()));
+                }
+                Attempt::Deferred(why) => {
+                    return Outcome::Deferred(format!("{host}[{addr}]: {why}"));
+                }
+            }
+        }
+    }
+    Outcome::Deferred(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markers_and_smtputf8() {
+        let env = Envelope {
+            id: "Q1".into(),
+            mail_from: "a@b".into(),
+            ..Default::default()
+        };
+        let m = done_marker(&env, "bob@remote.test");
+        assert!(m.starts_with("delivery-done/"));
+        assert_eq!(m, done_marker(&env, "bob@remote.test"));
+        assert_ne!(m, done_marker(&env, "carol@remote.test"));
+        assert!(!m.contains(char::is_whitespace));
+        assert!(!needs_smtputf8(&env, "b@c", b"Subject: x\r\n\r\n\xc3\xa9"));
+        assert!(needs_smtputf8(&env, "b@c", b"Subject: \xc3\xa9\r\n\r\nx"));
+        assert!(needs_smtputf8(&env, "j\u{f6}rg@c", b"Subject: x\r\n\r\n"));
+    }
+}

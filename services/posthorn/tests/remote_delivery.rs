@@ -1,0 +1,269 @@
+//! Remote delivery end to end through the `posthorn` binary: authenticated
+//! submission to a remote recipient, the resolver asking a throwaway DNS
+//! server (dnsmasq), delivery talking SMTP to scripted aiosmtpd peers on
+//! 127.0.0.x (see docs/delivery.md).
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::*;
+use posthorn_test_support::{DnsServer, DnsZone, SmtpSink, free_port};
+
+/// The DNS of the tests: every domain is under `.test`, unknown names are
+/// NXDOMAIN.
+fn zone() -> DnsZone {
+    DnsZone::new()
+        .local("test")
+        .mx("remote.test", 10, "mx.remote.test")
+        .a("mx.remote.test", "127.0.0.2")
+        // Two MX hosts, the preferred one refusing connections.
+        .mx("second.test", 10, "mx1.second.test")
+        .a("mx1.second.test", "127.0.0.3")
+        .mx("second.test", 20, "mx2.second.test")
+        .a("mx2.second.test", "127.0.0.2")
+        .mx("retry.test", 10, "mx.retry.test")
+        .a("mx.retry.test", "127.0.0.4")
+        .mx("reject.test", 10, "mx.reject.test")
+        .a("mx.reject.test", "127.0.0.5")
+        .null_mx("nullmx.test")
+}
+
+/// A system whose delivery finds the peers through `dns` on `port`, with
+/// retries after 1–2 s.
+fn system(backend: Backend, dns: &DnsServer, port: u16) -> System {
+    let addr: SocketAddr = dns.addr();
+    let sys = System::start_extra(
+        backend,
+        Extra {
+            resolver: format!("nameservers = [\"{addr}\"]"),
+            delivery: format!(
+                "remote_port = {port}\nretry_min_secs = 1\nretry_max_secs = 2\nconnect_timeout_secs = 5"
+            ),
+            ..Extra::default()
+        },
+    );
+    sys.standard_directory();
+    sys
+}
+
+/// Submit `msg` as alice (587, STARTTLS, AUTH PLAIN) to `rcpt`, 8BITMIME.
+fn submit(sys: &System, rcpt: &str, msg: &[u8]) {
+    let file = sys.dir.path().join(format!("submit-{}.eml", free_port()));
+    std::fs::write(&file, msg).unwrap();
+    python_or(
+        r#"
+import smtplib, ssl, sys
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=60)
+s.starttls(context=ssl._create_unverified_context())
+s.login("alice@example.test", "alice-pw")
+s.sendmail("alice@example.test", [sys.argv[2]], open(sys.argv[3], "rb").read(),
+           mail_options=["BODY=8BITMIME"])
+s.quit()
+"#,
+        &[
+            &sys.ports.submission.to_string(),
+            rcpt,
+            file.to_str().unwrap(),
+        ],
+        || sys.logs(),
+    );
+}
+
+/// `got` is `sent` with trace header fields (`Received:`) added in front.
+fn assert_same_but_trace(got: &[u8], sent: &[u8]) {
+    assert!(
+        got.ends_with(sent),
+        "the peer did not get the message byte for byte:\n{}",
+        String::from_utf8_lossy(got)
+    );
+    let prefix = String::from_utf8_lossy(&got[..got.len() - sent.len()]).to_string();
+    assert!(!prefix.is_empty(), "no trace header added");
+    for line in prefix.split_terminator("\r\n") {
+        assert!(
+            line.starts_with("Received:") || line.starts_with([' ', '\t']),
+            "unexpected line {line:?} added in front of the message"
+        );
+    }
+}
+
+fn wait_sink(sys: &System, sink: &SmtpSink, n: usize) -> Vec<Vec<u8>> {
+    sys.wait_for(
+        &format!("{n} message(s) at the sink {}", sink.ip()),
+        WAIT,
+        || {
+            let m = sink.messages();
+            (m.len() >= n).then_some(m)
+        },
+    )
+}
+
+/// A DSN in alice's INBOX (the `n`-th message), as text.
+fn wait_dsn(sys: &System, n: usize) -> String {
+    let m = sys.wait_messages("alice@example.test", n, WAIT);
+    String::from_utf8_lossy(&sys.fetch("alice@example.test", m[n - 1].0)).to_string()
+}
+
+#[test]
+fn delivers_byte_exact_and_falls_back_to_the_second_mx_embedded() {
+    delivers_byte_exact_and_falls_back_to_the_second_mx(Backend::Embedded);
+}
+
+#[test]
+fn delivers_byte_exact_and_falls_back_to_the_second_mx_cluster() {
+    delivers_byte_exact_and_falls_back_to_the_second_mx(Backend::Cluster);
+}
+
+fn delivers_byte_exact_and_falls_back_to_the_second_mx(backend: Backend) {
+    let dns = DnsServer::start(&zone());
+    let port = free_port();
+    let sink = SmtpSink::start_tls("127.0.0.2", port, "");
+    let sys = system(backend, &dns, port);
+
+    let msg = "From: Alice <alice@example.test>\r\n\
+               To: Bob <bob@remote.test>\r\n\
+               Subject: to a remote peer\r\n\
+               Message-ID: <remote-1@example.test>\r\n\
+               MIME-Version: 1.0\r\n\
+               Content-Type: text/plain; charset=utf-8\r\n\
+               Content-Transfer-Encoding: 8bit\r\n\
+               \r\n\
+               Grüße aus Posthorn.\r\n\
+               .a line that starts with a dot\r\n\
+               ..and two\r\n\
+               .\r\n\
+               last line\r\n"
+        .as_bytes();
+    submit(&sys, "bob@remote.test", msg);
+    let got = wait_sink(&sys, &sink, 1);
+    assert_same_but_trace(&got[0], msg);
+    let env = sink.envelope(1);
+    assert!(
+        env.contains("\"mail_from\": \"alice@example.test\""),
+        "{env}"
+    );
+    assert!(env.contains("\"rcpt_tos\": [\"bob@remote.test\"]"), "{env}");
+    // The peer offers SIZE and 8BITMIME: both are used.
+    assert!(env.contains(&format!("\"SIZE={}\"", got[0].len())), "{env}");
+    assert!(env.contains("\"BODY=8BITMIME\""), "{env}");
+    // The peer offers STARTTLS: the message went over TLS.
+    assert!(env.contains("\"tls\": true"), "{env}");
+
+    // mx1.second.test (127.0.0.3) refuses connections: delivered via mx2.
+    let msg2 = b"From: alice@example.test\r\nSubject: via the second MX\r\n\r\nhello\r\n";
+    submit(&sys, "carol@second.test", msg2);
+    let got = wait_sink(&sys, &sink, 2);
+    assert_same_but_trace(&got[1], msg2);
+    assert!(sink.envelope(2).contains("carol@second.test"));
+    // Nothing bounced.
+    assert!(sys.messages("alice@example.test").is_empty());
+}
+
+#[test]
+fn temporary_failures_are_retried_and_delivered_once_embedded() {
+    temporary_failures_are_retried_and_delivered_once(Backend::Embedded);
+}
+
+#[test]
+fn temporary_failures_are_retried_and_delivered_once_cluster() {
+    temporary_failures_are_retried_and_delivered_once(Backend::Cluster);
+}
+
+fn temporary_failures_are_retried_and_delivered_once(backend: Backend) {
+    let dns = DnsServer::start(&zone());
+    let port = free_port();
+    let sink = SmtpSink::start(
+        "127.0.0.4",
+        port,
+        r#"{"rcpt": ["451 4.3.0 busy, try later", "451 4.3.0 busy, try later", "451 4.3.0 busy, try later"]}"#,
+    );
+    let sys = system(backend, &dns, port);
+    let msg = b"From: alice@example.test\r\nSubject: first\r\n\r\npatience\r\n";
+    submit(&sys, "dave@retry.test", msg);
+    let got = wait_sink(&sys, &sink, 1);
+    assert_same_but_trace(&got[0], msg);
+    let events = sink.events();
+    let deferred = events.matches("\"reply\": \"451 4.3.0 busy").count();
+    assert_eq!(deferred, 3, "{events}");
+    // A second message through the same peer, after the first: when it has
+    // arrived, a duplicate of the first would have too.
+    let msg2 = b"From: alice@example.test\r\nSubject: second\r\n\r\nmarker\r\n";
+    submit(&sys, "dave@retry.test", msg2);
+    let got = wait_sink(&sys, &sink, 2);
+    assert_eq!(got.len(), 2, "delivered more than once");
+    assert_same_but_trace(&got[1], msg2);
+    assert!(
+        sys.messages("alice@example.test").is_empty(),
+        "no DSN for a retried message"
+    );
+}
+
+#[test]
+fn permanent_failures_bounce_to_the_sender_embedded() {
+    permanent_failures_bounce_to_the_sender(Backend::Embedded);
+}
+
+#[test]
+fn permanent_failures_bounce_to_the_sender_cluster() {
+    permanent_failures_bounce_to_the_sender(Backend::Cluster);
+}
+
+fn permanent_failures_bounce_to_the_sender(backend: Backend) {
+    let dns = DnsServer::start(&zone());
+    let port = free_port();
+    let _sink = SmtpSink::start(
+        "127.0.0.5",
+        port,
+        r#"{"rcpt": ["550 5.1.1 no such user here"]}"#,
+    );
+    let sys = system(backend, &dns, port);
+
+    submit(
+        &sys,
+        "erin@reject.test",
+        b"From: alice@example.test\r\nSubject: rejected\r\n\r\nsecret body\r\n",
+    );
+    let dsn = wait_dsn(&sys, 1);
+    for want in [
+        "From: Mail Delivery System <MAILER-DAEMON@",
+        "Return-Path: <>",
+        "Content-Type: multipart/report; report-type=delivery-status;",
+        "Final-Recipient: rfc822; erin@reject.test",
+        "Action: failed",
+        "Status: 5.1.1",
+        "Remote-MTA: dns; mx.reject.test",
+        "Diagnostic-Code: smtp; 550 5.1.1 no such user here",
+        "Subject: rejected",
+    ] {
+        assert!(dsn.contains(want), "missing {want:?} in\n{dsn}");
+    }
+    assert!(!dsn.contains("secret body"), "RET=HDRS by default\n{dsn}");
+
+    // Null MX: bounced without any connection.
+    submit(
+        &sys,
+        "frank@nullmx.test",
+        b"From: alice@example.test\r\nSubject: null\r\n\r\nx\r\n",
+    );
+    let dsn = wait_dsn(&sys, 2);
+    assert!(
+        dsn.contains("Final-Recipient: rfc822; frank@nullmx.test"),
+        "{dsn}"
+    );
+    assert!(dsn.contains("Status: 5.1.10"), "{dsn}");
+    assert!(dsn.contains("null MX"), "{dsn}");
+
+    // NXDOMAIN: bounced at once.
+    submit(
+        &sys,
+        "gina@missing.test",
+        b"From: alice@example.test\r\nSubject: nx\r\n\r\nx\r\n",
+    );
+    let dsn = wait_dsn(&sys, 3);
+    assert!(
+        dsn.contains("Final-Recipient: rfc822; gina@missing.test"),
+        "{dsn}"
+    );
+    assert!(dsn.contains("Status: 5.1.2"), "{dsn}");
+    assert!(dsn.contains("NXDOMAIN"), "{dsn}");
+}
