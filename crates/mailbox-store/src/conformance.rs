@@ -39,6 +39,7 @@ pub async fn run_all(store: Arc<dyn MetaStore>) {
     uidvalidity_changes_on_recreate(&store).await;
     account_isolation(&store).await;
     header_prefix_roundtrip(&store).await;
+    markers(&store).await;
 }
 
 // --- helpers ---
@@ -1645,4 +1646,42 @@ pub async fn leases(store: Arc<dyn MetaStore>) {
         "[leases] a {ttl:?} lease was free after {freed:?}"
     );
     store.release_lease(&name, "c").await.unwrap();
+}
+
+/// Markers (idempotence records of side effects): set, renewed, visible,
+/// checked names, expired.
+pub async fn markers(store: &Arc<dyn MetaStore>) {
+    use std::time::{Duration, Instant};
+    let ttl = Duration::from_secs(120);
+    let name = format!("delivered/conformance-{}/abc", std::process::id());
+    assert!(!store.has_marker(&name).await.unwrap(), "[markers] unset");
+    store.set_marker(&name, ttl).await.unwrap();
+    store.set_marker(&name, ttl).await.unwrap();
+    assert!(store.has_marker(&name).await.unwrap(), "[markers] set");
+    assert!(
+        !store.has_marker(&format!("{name}d")).await.unwrap(),
+        "[markers] another name"
+    );
+    for bad in ["a b", "a{b}", "a\nb", ""] {
+        assert!(
+            store.set_marker(bad, ttl).await.is_err(),
+            "[markers] name {bad:?} refused"
+        );
+    }
+    // Expiry: a 1 ms marker reads as unset once its time is up (polled;
+    // the deadline only bounds a hang).
+    let short = format!("short-{}", std::process::id());
+    store
+        .set_marker(&short, Duration::from_millis(1))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while store.has_marker(&short).await.unwrap() {
+        assert!(Instant::now() < deadline, "[markers] never expired");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        store.has_marker(&name).await.unwrap(),
+        "[markers] still set"
+    );
 }

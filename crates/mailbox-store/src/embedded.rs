@@ -1098,7 +1098,7 @@ impl MetaStore for EmbeddedStore {
     }
 
     async fn set_marker(&self, name: &str, ttl: std::time::Duration) -> Result<()> {
-        check_marker_name(name)?;
+        crate::util::check_marker_name(name)?;
         let name = name.to_string();
         let now = now_ms();
         let exp = now + ttl.as_millis() as u64;
@@ -1118,7 +1118,7 @@ impl MetaStore for EmbeddedStore {
     }
 
     async fn has_marker(&self, name: &str) -> Result<bool> {
-        check_marker_name(name)?;
+        crate::util::check_marker_name(name)?;
         let now = now_ms();
         self.lookup(|txn| {
             let t = match txn.open_table(MARKERS) {
@@ -1146,21 +1146,6 @@ impl MetaStore for EmbeddedStore {
         })
         .await
     }
-}
-
-/// Marker names follow the Redis store's hash-tag rule, so both accept the same.
-pub(crate) fn check_marker_name(name: &str) -> Result<()> {
-    if name.is_empty()
-        || name
-            .chars()
-            .any(|c| c == '{' || c == '}' || c.is_whitespace() || c.is_control())
-    {
-        return Err(Error::Invalid {
-            what: "marker name",
-            reason: format!("{name:?} is empty or has braces, spaces or control characters"),
-        });
-    }
-    Ok(())
 }
 
 fn now_ms() -> u64 {

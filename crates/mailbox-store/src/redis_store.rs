@@ -1455,7 +1455,7 @@ impl MetaStore for RedisStore {
     }
 
     async fn set_marker(&self, name: &str, ttl: std::time::Duration) -> Result<()> {
-        crate::embedded::check_marker_name(name)?;
+        crate::util::check_marker_name(name)?;
         let key = format!("marker:{{{name}}}");
         let ms = ttl.as_millis().max(1).to_string();
         let _: () = self
@@ -1465,7 +1465,7 @@ impl MetaStore for RedisStore {
     }
 
     async fn has_marker(&self, name: &str) -> Result<bool> {
-        crate::embedded::check_marker_name(name)?;
+        crate::util::check_marker_name(name)?;
         let key = format!("marker:{{{name}}}");
         let n: i64 = self.cmd(redis::cmd("EXISTS").arg(&key)).await?;
         Ok(n == 1)
@@ -1496,30 +1496,6 @@ fn check_tag_safe(what: &'static str, s: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Markers against a real Redis (the shared conformance suite is
-    /// edited elsewhere; this covers the Redis side of set/has/expiry).
-    #[tokio::test]
-    async fn markers() {
-        let server = posthorn_test_support::RedisServer::start();
-        let store = RedisStore::connect(&server.url()).await.unwrap();
-        let ttl = std::time::Duration::from_secs(60);
-        assert!(!store.has_marker("delivered/Q1/abc").await.unwrap());
-        store.set_marker("delivered/Q1/abc", ttl).await.unwrap();
-        store.set_marker("delivered/Q1/abc", ttl).await.unwrap();
-        assert!(store.has_marker("delivered/Q1/abc").await.unwrap());
-        assert!(!store.has_marker("delivered/Q1/abd").await.unwrap());
-        assert!(store.set_marker("a b", ttl).await.is_err());
-        store
-            .set_marker("short", std::time::Duration::from_millis(1))
-            .await
-            .unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while store.has_marker("short").await.unwrap() {
-            assert!(std::time::Instant::now() < deadline, "marker never expired");
-            tokio::task::yield_now().await;
-        }
-    }
 
     #[test]
     fn keys_and_redaction() {

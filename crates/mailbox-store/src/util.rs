@@ -6,6 +6,18 @@ fn bad_char(c: char) -> bool {
     c.is_control() || c.is_whitespace() || c == '{' || c == '}'
 }
 
+/// A marker name is safe to embed in a storage key: not empty, no
+/// whitespace, control characters or braces.
+pub(crate) fn check_marker_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.chars().any(bad_char) {
+        return Err(Error::Invalid {
+            what: "marker name",
+            reason: format!("{name:?} is empty or has braces, spaces or control characters"),
+        });
+    }
+    Ok(())
+}
+
 /// Normalise and validate an account address (`local@domain`). The result is
 /// safe to embed in a storage key: no whitespace, control characters or
 /// braces (which would break Redis hash tags and so account isolation).
