@@ -461,6 +461,21 @@ pub struct DeliveryConfig {
     pub timeout_data_block_secs: u64,
     /// the reply after the final dot (10 min).
     pub timeout_data_end_secs: u64,
+    /// Send every remote message to this next hop instead of the MX
+    /// (Postfix `relayhost`, Sendmail `DS`): `host:port` (MX lookup of
+    /// host), `[host]:port` (no MX lookup: the addresses of host); the
+    /// port may be left out (`remote_port`). Empty: off.
+    pub relayhost: String,
+    /// File of `host username password` lines: credentials for AUTH to
+    /// a relay host or transport (Postfix `sasl_passwd`). Empty: no AUTH.
+    pub relay_auth_file: String,
+    /// Allow AUTH to a relay that does not offer STARTTLS (the password
+    /// goes in clear). Default off: such mail is deferred instead.
+    pub relay_auth_plaintext: bool,
+    /// Per-domain next hops (Postfix `transport_maps`): `domain = "host:port"`
+    /// or `"[host]:port"`; a key `.example.com` matches the subdomains of
+    /// example.com. Exact domain first, then parent domains, then `relayhost`.
+    pub transports: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for DeliveryConfig {
@@ -483,8 +498,92 @@ impl Default for DeliveryConfig {
             timeout_data_init_secs: 120,
             timeout_data_block_secs: 180,
             timeout_data_end_secs: 600,
+            relayhost: String::new(),
+            relay_auth_file: String::new(),
+            relay_auth_plaintext: false,
+            transports: std::collections::BTreeMap::new(),
         }
     }
+}
+
+/// A configured next hop: `delivery.relayhost` or a `delivery.transports` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NextHop {
+    /// Host name (lower case, no trailing dot) or IP address literal.
+    pub host: String,
+    /// TCP port; `None`: `delivery.remote_port`.
+    pub port: Option<u16>,
+    /// Whether to look up the MX records of `host` (written without
+    /// brackets and not an IP address), as Postfix does.
+    pub mx: bool,
+}
+
+impl NextHop {
+    /// The key of `delivery.relay_auth_file` for this hop as written
+    /// (`[host]:port`, `host:port`, `[host]` or `host`).
+    pub fn spec(&self) -> String {
+        let h = if self.mx {
+            self.host.clone()
+        } else if self.host.contains(':') {
+            format!("[ipv6:{}]", self.host)
+        } else {
+            format!("[{}]", self.host)
+        };
+        match self.port {
+            Some(p) => format!("{h}:{p}"),
+            None => h,
+        }
+    }
+}
+
+/// Parse a next hop as Postfix writes it: `host`, `host:port`, `[host]`,
+/// `[host]:port`; `[ipv6:2001:db8::1]:587` or `[2001:db8::1]:587` for an
+/// IPv6 address. Brackets mean "no MX lookup"; an IP address is never
+/// looked up. `None` if it is not one of these.
+pub fn parse_next_hop(s: &str) -> Option<NextHop> {
+    let s = s.trim();
+    let (host, port, bracketed) = if let Some(rest) = s.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':')?.parse::<u16>().ok()?),
+        };
+        let host = host
+            .strip_prefix("ipv6:")
+            .or_else(|| host.strip_prefix("IPv6:"))
+            .unwrap_or(host);
+        (host, port, true)
+    } else {
+        match s.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p.parse::<u16>().ok()?), false),
+            None => (s, None, false),
+        }
+    };
+    if port == Some(0) {
+        return None;
+    }
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return Some(NextHop {
+            host,
+            port,
+            mx: false,
+        });
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
+        return None;
+    }
+    Some(NextHop {
+        host,
+        port,
+        mx: !bracketed,
+    })
 }
 
 /// `[telemetry]`
@@ -677,6 +776,25 @@ impl Config {
         ] {
             if v < 1 {
                 return Err(ConfigError(format!("key `{key}`: must be at least 1")));
+            }
+        }
+        if !d.relayhost.is_empty() && parse_next_hop(&d.relayhost).is_none() {
+            return Err(ConfigError(format!(
+                "key `delivery.relayhost`: `{}` is not `host`, `host:port`, `[host]` or `[host]:port`",
+                d.relayhost
+            )));
+        }
+        for (domain, hop) in &d.transports {
+            let name = domain.strip_prefix('.').unwrap_or(domain);
+            if name.is_empty() || name.contains(['@', ' ', '[', ']', ':']) {
+                return Err(ConfigError(format!(
+                    "key `delivery.transports`: `{domain}` is not a domain or `.domain`"
+                )));
+            }
+            if parse_next_hop(hop).is_none() {
+                return Err(ConfigError(format!(
+                    "key `delivery.transports.{domain}`: `{hop}` is not `host`, `host:port`, `[host]` or `[host]:port`"
+                )));
             }
         }
         if d.retry_min_secs > d.retry_max_secs {
@@ -938,6 +1056,115 @@ mod tests {
     }
 
     #[test]
+    fn next_hop_forms() {
+        let h = |host: &str, port: Option<u16>, mx: bool| NextHop {
+            host: host.into(),
+            port,
+            mx,
+        };
+        assert_eq!(
+            parse_next_hop("smtp.Provider.example:587"),
+            Some(h("smtp.provider.example", Some(587), true))
+        );
+        assert_eq!(
+            parse_next_hop("[smtp.provider.example]:587"),
+            Some(h("smtp.provider.example", Some(587), false))
+        );
+        assert_eq!(
+            parse_next_hop("[relay.example.]"),
+            Some(h("relay.example", None, false))
+        );
+        assert_eq!(
+            parse_next_hop("relay.example"),
+            Some(h("relay.example", None, true))
+        );
+        // An address is never an MX lookup, bracketed or not.
+        assert_eq!(
+            parse_next_hop("192.0.2.1:25"),
+            Some(h("192.0.2.1", Some(25), false))
+        );
+        assert_eq!(
+            parse_next_hop("[ipv6:2001:db8::1]:587"),
+            Some(h("2001:db8::1", Some(587), false))
+        );
+        assert_eq!(
+            parse_next_hop("[2001:db8::1]"),
+            Some(h("2001:db8::1", None, false))
+        );
+        assert_eq!(
+            parse_next_hop("[smtp.provider.example]:587")
+                .unwrap()
+                .spec(),
+            "[smtp.provider.example]:587"
+        );
+        assert_eq!(
+            parse_next_hop("relay.example").unwrap().spec(),
+            "relay.example"
+        );
+        for bad in [
+            "",
+            "relay.example:",
+            "relay.example:0",
+            "relay.example:99999",
+            "[relay.example",
+            "[relay.example]587",
+            "a b.example",
+            "user@relay.example",
+            "relay..example",
+        ] {
+            assert_eq!(parse_next_hop(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn relayhost_and_transports_from_file_and_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("p.toml");
+        std::fs::write(
+            &f,
+            "[delivery]\nrelayhost = \"[smtp.provider.example]:587\"\n\
+             relay_auth_file = \"/etc/posthorn/relay_auth\"\n\
+             [delivery.transports]\n\"example.com\" = \"mx.example.net:25\"\n\
+             \".example.org\" = \"[10.0.0.5]:2525\"\n",
+        )
+        .unwrap();
+        let c = Config::load_file_only(&f).unwrap();
+        assert_eq!(c.delivery.relayhost, "[smtp.provider.example]:587");
+        assert_eq!(c.delivery.relay_auth_file, "/etc/posthorn/relay_auth");
+        assert!(!c.delivery.relay_auth_plaintext);
+        assert_eq!(c.delivery.transports["example.com"], "mx.example.net:25");
+        assert_eq!(c.delivery.transports[".example.org"], "[10.0.0.5]:2525");
+        // From the environment: an inline table.
+        let c = Config::load_with_env(
+            None,
+            &[
+                ("POSTHORN_DELIVERY__RELAYHOST", "relay.example:2525"),
+                ("POSTHORN_DELIVERY__RELAY_AUTH_PLAINTEXT", "true"),
+                (
+                    "POSTHORN_DELIVERY__TRANSPORTS",
+                    "{\"example.com\"=\"[relay.example]:587\", \".example.org\"=\"mx.example.org\"}",
+                ),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.delivery.relayhost, "relay.example:2525");
+        assert!(c.delivery.relay_auth_plaintext);
+        assert_eq!(c.delivery.transports["example.com"], "[relay.example]:587");
+        assert_eq!(c.delivery.transports[".example.org"], "mx.example.org");
+        let err = Config::load_with_env(None, &[("POSTHORN_DELIVERY__RELAYHOST", "[x:25")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("delivery.relayhost"), "{err}");
+        std::fs::write(
+            &f,
+            "[delivery.transports]\n\"example.com\" = \"bad host:25\"\n",
+        )
+        .unwrap();
+        let err = Config::load_file_only(&f).unwrap_err().to_string();
+        assert!(err.contains("delivery.transports.example.com"), "{err}");
+    }
+
+    #[test]
     fn cidr() {
         let n = parse_cidr("10.0.0.0/8").unwrap();
         assert!(cidr_contains(n, "10.1.2.3".parse().unwrap()));
@@ -970,6 +1197,22 @@ mod env_tests {
             assert_eq!(c.storage.backend, Backend::Cluster);
             assert_eq!(c.smtp.max_recipients, 7);
             assert_eq!(c.resolver.nameservers, ["127.0.0.1:5353", "[::1]:53"]);
+            Ok(())
+        });
+    }
+
+    /// `delivery.transports` from a real environment variable (an inline table).
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn transports_from_the_process_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(
+                "POSTHORN_DELIVERY__TRANSPORTS",
+                "{\"example.com\"=\"[relay.example]:587\", \".example.org\"=\"mx.example.org\"}",
+            );
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.delivery.transports["example.com"], "[relay.example]:587");
+            assert_eq!(c.delivery.transports[".example.org"], "mx.example.org");
             Ok(())
         });
     }

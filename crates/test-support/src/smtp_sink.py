@@ -8,6 +8,16 @@ null or a missing/exhausted list means the normal answer (250). Example:
 {"rcpt": ["451 4.3.0 try later", "451 4.3.0 try later"]} defers the first
 two transactions at RCPT.
 
+{"data_delay": 0.1} waits that many seconds before answering each DATA
+(a slow peer, so fault tests can kill the sender while messages are in
+flight).
+
+{"auth": ["user", "password"]} requires AUTH (PLAIN or LOGIN) with exactly
+these credentials before MAIL (530 otherwise; 535 for others); AUTH is
+offered only after STARTTLS when the sink has a certificate, and in plain
+text when it has none. Every AUTH try is an event (stage "auth", login,
+success); msg-N.json gets "auth": the login of the session (or null).
+
 Records, in DIR:
   events.jsonl  one JSON object per MAIL/RCPT/DATA with the reply given
   msg-N.eml     the content of the N-th accepted message (N from 1), as received
@@ -26,6 +36,7 @@ import ssl
 import sys
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 
 class Sink:
@@ -72,6 +83,9 @@ class Sink:
         return reply
 
     async def handle_DATA(self, server, session, envelope):
+        delay = self.script.get("data_delay")
+        if delay:
+            await asyncio.sleep(delay)
         reply = self.scripted("data") or None
         if reply is None:
             self.accepted += 1
@@ -83,10 +97,22 @@ class Sink:
                 "mail_options": envelope.mail_options,
                 "rcpt_options": envelope.rcpt_options_all,
                 "tls": session.ssl is not None,
+                "auth": session.auth_data if session.authenticated else None,
             }).encode())
             self.write("msg-%d.eml" % n, envelope.original_content)
         self.event(stage="data", reply=reply)
         return reply
+
+    def authenticator(self, server, session, envelope, mechanism, auth_data):
+        want = self.script.get("auth")
+        ok = False
+        login = None
+        if isinstance(auth_data, LoginPassword) and want:
+            login = auth_data.login.decode("utf-8", "replace")
+            password = auth_data.password.decode("utf-8", "replace")
+            ok = [login, password] == list(want)
+        self.event(stage="auth", mechanism=mechanism, login=login, success=ok)
+        return AuthResult(success=ok, handled=False, auth_data=login if ok else None)
 
 
 def main():
@@ -96,8 +122,16 @@ def main():
     if os.path.exists(cert):
         tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         tls.load_cert_chain(cert, os.path.join(directory, "key.pem"))
+    sink = Sink(directory)
+    auth = {}
+    if sink.script.get("auth"):
+        auth = dict(
+            authenticator=sink.authenticator,
+            auth_required=True,
+            auth_require_tls=tls is not None,
+        )
     controller = Controller(
-        Sink(directory),
+        sink,
         hostname=ip,
         port=port,
         server_hostname="sink.test",
@@ -106,6 +140,7 @@ def main():
         # The test harness checks the greeting itself.
         ready_timeout=60,
         tls_context=tls,
+        **auth,
     )
     controller.start()
     print("listening on %s:%d" % (ip, port), flush=True)

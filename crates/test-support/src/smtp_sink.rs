@@ -22,8 +22,10 @@ pub struct SmtpSink {
 
 impl SmtpSink {
     /// Start one on `ip:port` answering `script` (JSON, e.g.
-    /// `{"rcpt": ["451 4.3.0 later"]}`; `""` for "accept everything");
-    /// returns when it has greeted with `220`.
+    /// `{"rcpt": ["451 4.3.0 later"]}`; `""` for "accept everything";
+    /// `{"auth": ["user", "password"]}` requires AUTH with these, after
+    /// STARTTLS when started with [`SmtpSink::start_tls`]); returns when
+    /// it has greeted with `220`.
     pub fn start(ip: &str, port: u16, script: &str) -> Self {
         Self::spawn(ip, port, script, false)
     }

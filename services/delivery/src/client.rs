@@ -10,8 +10,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use mail_send::SmtpClient;
-use smtp_proto::{EXT_START_TLS, EhloResponse, Response};
+use mail_send::{Credentials, SmtpClient};
+use smtp_proto::{AUTH_LOGIN, AUTH_PLAIN, EXT_START_TLS, EhloResponse, Response};
 
 pub use crate::params::{Job, parameters, stuffed};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -98,8 +98,24 @@ pub enum Attempt {
     Refused(&'static str, String),
 }
 
-/// Run one transaction against `addr` (the MX host `host`).
-pub async fn attempt(addr: SocketAddr, host: &str, job: &Job<'_>, t: &Timeouts) -> Attempt {
+/// AUTH to a relay host (`delivery.relay_auth_file`).
+#[derive(Clone, Copy)]
+pub struct RelayAuth<'a> {
+    /// Username and password.
+    pub credentials: &'a Credentials<String>,
+    /// `delivery.relay_auth_plaintext`: AUTH without STARTTLS allowed.
+    pub plaintext_ok: bool,
+}
+
+/// Run one transaction against `addr` (the MX host or relay `host`), with
+/// AUTH first if `auth` is given.
+pub async fn attempt(
+    addr: SocketAddr,
+    host: &str,
+    job: &Job<'_>,
+    t: &Timeouts,
+    auth: Option<RelayAuth<'_>>,
+) -> Attempt {
     let mut client = match SmtpClient::connect(addr, t.connect).await {
         Ok(c) => c,
         Err(e) => return Attempt::Unreachable(format!("connect to {host}[{addr}]: {e}")),
@@ -137,6 +153,11 @@ pub async fn attempt(addr: SocketAddr, host: &str, job: &Job<'_>, t: &Timeouts) 
                         return Attempt::Unreachable(format!("{host}[{addr}] EHLO after TLS: {e}"));
                     }
                 };
+                if let Some(a) = auth
+                    && let Err(e) = authenticate(&mut tls, &caps, a, host, addr, t).await
+                {
+                    return e;
+                }
                 return transaction(&mut tls, &caps, job, t).await;
             }
             // Refused: carry on in plain text (opportunistic TLS).
@@ -146,7 +167,66 @@ pub async fn attempt(addr: SocketAddr, host: &str, job: &Job<'_>, t: &Timeouts) 
             Err(e) => return Attempt::Unreachable(format!("{host}[{addr}] STARTTLS: {e}")),
         }
     }
+    if let Some(a) = auth {
+        if !a.plaintext_ok {
+            let _ = client.cmd(b"QUIT\r\n").await;
+            tracing::error!(%host, %addr, "relay does not offer STARTTLS; not sending the AUTH password in clear (delivery.relay_auth_plaintext = false); mail is deferred");
+            return Attempt::Unreachable(format!(
+                "{host}[{addr}] does not offer STARTTLS: AUTH password not sent in clear (delivery.relay_auth_plaintext = false)"
+            ));
+        }
+        if let Err(e) = authenticate(&mut client, &caps, a, host, addr, t).await {
+            return e;
+        }
+    }
     transaction(&mut client, &caps, job, t).await
+}
+
+/// AUTH PLAIN (or LOGIN) to a relay. Every failure defers: a wrong or
+/// revoked credential is a configuration error of ours, and must not
+/// bounce all mail (docs/delivery.md); a 5xx is logged as an error.
+async fn authenticate<T: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut SmtpClient<T>,
+    caps: &EhloResponse<String>,
+    auth: RelayAuth<'_>,
+    host: &str,
+    addr: SocketAddr,
+    t: &Timeouts,
+) -> Result<(), Attempt> {
+    let mut caps = caps.clone();
+    // The mechanisms mail-send implements without extra features.
+    caps.auth_mechanisms &= AUTH_PLAIN | AUTH_LOGIN;
+    client.timeout = t.mail;
+    let user = match auth.credentials {
+        Credentials::Plain { username, .. } | Credentials::XOauth2 { username, .. } => {
+            username.as_str()
+        }
+        Credentials::OAuthBearer { .. } => "",
+    };
+    let why = match client.authenticate(auth.credentials, &caps).await {
+        Ok(_) => {
+            tracing::info!(%host, %addr, %user, "authenticated to the relay");
+            return Ok(());
+        }
+        Err(mail_send::Error::AuthenticationFailed(r))
+        | Err(mail_send::Error::UnexpectedReply(r)) => {
+            let reply = Reply::from_response(&r);
+            if r.code / 100 == 5 {
+                tracing::error!(%host, %addr, %user, %reply, "the relay rejected our AUTH credentials (delivery.relay_auth_file); mail to it is deferred, not bounced");
+            } else {
+                tracing::warn!(%host, %addr, %user, %reply, "AUTH to the relay failed temporarily");
+            }
+            format!("AUTH as {user} rejected: {reply}")
+        }
+        Err(mail_send::Error::UnsupportedAuthMechanism) => {
+            tracing::error!(%host, %addr, "the relay offers no AUTH PLAIN or LOGIN (after STARTTLS); mail to it is deferred");
+            "the relay offers no AUTH PLAIN or LOGIN".to_string()
+        }
+        Err(mail_send::Error::Timeout) => "AUTH: timeout".to_string(),
+        Err(e) => format!("AUTH: {e}"),
+    };
+    let _ = client.cmd(b"QUIT\r\n").await;
+    Err(Attempt::Deferred(why))
 }
 
 /// A name for the TLS handshake's SNI; certificates are not verified, so
@@ -342,14 +422,14 @@ mod tests {
     async fn a_silent_peer_cannot_hold_a_worker() {
         // No greeting at all: the next address is tried.
         let addr = silent_peer(&[]).await;
-        let a = attempt(addr, "mx.test", &job(b"x\r\n"), &quick()).await;
+        let a = attempt(addr, "mx.test", &job(b"x\r\n"), &quick(), None).await;
         assert!(
             matches!(&a, Attempt::Unreachable(w) if w.contains("no greeting")),
             "{a:?}"
         );
         // Silent after MAIL: deferred.
         let addr = silent_peer(&["220 hi\r\n", "250 ok\r\n"]).await;
-        let a = attempt(addr, "mx.test", &job(b"x\r\n"), &quick()).await;
+        let a = attempt(addr, "mx.test", &job(b"x\r\n"), &quick(), None).await;
         assert_eq!(a, Attempt::Deferred("MAIL: timeout".into()));
         // Silent after the final dot: deferred.
         let addr = silent_peer(&[
@@ -360,16 +440,65 @@ mod tests {
             "354 go\r\n",
         ])
         .await;
-        let a = attempt(addr, "mx.test", &job(b"x\r\n"), &quick()).await;
+        let a = attempt(addr, "mx.test", &job(b"x\r\n"), &quick(), None).await;
         assert!(
             matches!(&a, Attempt::Deferred(w) if w.contains("end of data")),
             "{a:?}"
         );
         // A 4xx greeting: the next address.
         let addr = silent_peer(&["421 4.3.2 busy\r\n"]).await;
-        let a = attempt(addr, "mx.test", &job(b"x\r\n"), &quick()).await;
+        let a = attempt(addr, "mx.test", &job(b"x\r\n"), &quick(), None).await;
         assert!(
             matches!(&a, Attempt::Unreachable(w) if w.contains("421")),
+            "{a:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn relay_auth_defers_and_never_goes_out_in_clear() {
+        let creds = Credentials::new("u".to_string(), "p".to_string());
+        const EHLO: &str = "250-peer\r\n250 AUTH PLAIN LOGIN\r\n";
+        // No STARTTLS and plain text not allowed: the password is not sent
+        // (the peer gets EHLO and QUIT only) and the next address is tried.
+        let addr = silent_peer(&["220 hi\r\n", EHLO]).await;
+        let auth = RelayAuth {
+            credentials: &creds,
+            plaintext_ok: false,
+        };
+        let a = attempt(addr, "relay.test", &job(b"x\r\n"), &quick(), Some(auth)).await;
+        assert!(
+            matches!(&a, Attempt::Unreachable(w) if w.contains("does not offer STARTTLS")),
+            "{a:?}"
+        );
+        // Allowed in plain text: a 535 defers, it does not bounce.
+        let auth = RelayAuth {
+            credentials: &creds,
+            plaintext_ok: true,
+        };
+        let addr = silent_peer(&["220 hi\r\n", EHLO, "535 5.7.8 bad credentials\r\n"]).await;
+        let a = attempt(addr, "relay.test", &job(b"x\r\n"), &quick(), Some(auth)).await;
+        assert_eq!(
+            a,
+            Attempt::Deferred("AUTH as u rejected: 535 5.7.8 bad credentials".into())
+        );
+        // A 454 as well (to PLAIN, then to LOGIN, which mail-send tries next).
+        let addr = silent_peer(&[
+            "220 hi\r\n",
+            EHLO,
+            "454 4.7.0 try later\r\n",
+            "454 4.7.0 try later\r\n",
+        ])
+        .await;
+        let a = attempt(addr, "relay.test", &job(b"x\r\n"), &quick(), Some(auth)).await;
+        assert!(
+            matches!(&a, Attempt::Deferred(w) if w.contains("454 4.7.0")),
+            "{a:?}"
+        );
+        // A relay without AUTH: deferred, not sent unauthenticated.
+        let addr = silent_peer(&["220 hi\r\n", "250 peer\r\n"]).await;
+        let a = attempt(addr, "relay.test", &job(b"x\r\n"), &quick(), Some(auth)).await;
+        assert!(
+            matches!(&a, Attempt::Deferred(w) if w.contains("no AUTH PLAIN or LOGIN")),
             "{a:?}"
         );
     }

@@ -12,6 +12,7 @@
 //! - [`client`]: one SMTP transaction on `mail-send`, with RFC 5321 timeouts.
 //! - [`params`]: MAIL/RCPT parameters per the next hop's extensions; dot-stuffing.
 //! - [`retry`]: the retry schedule.
+//! - [`routes`]: relay host, per-domain transports, relay AUTH credentials.
 //! - [`bounce`]: failure notifications, published on the inbound queue.
 //! - [`tls`]: the opportunistic STARTTLS client configuration.
 //!
@@ -24,6 +25,7 @@ pub mod bounce;
 pub mod client;
 pub mod params;
 pub mod retry;
+pub mod routes;
 pub mod tls;
 pub mod worker;
 
@@ -43,6 +45,8 @@ pub async fn run(
     provider: Provider,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), BoxError> {
+    // A bad relay_auth_file stops delivery at once, before any mail is taken.
+    let routes = routes::Routes::from_config(&cfg.delivery)?;
     let health = Health::new("delivery");
     let http = posthorn_runtime::bind_http(&cfg.delivery.http_listen).await?;
     tokio::spawn(posthorn_runtime::serve_http(
@@ -67,6 +71,7 @@ pub async fn run(
         timeouts: client::Timeouts::from_config(d),
         schedule: retry::Schedule::from_config(d),
         ack_wait: Duration::from_secs(d.ack_wait_secs),
+        routes: Arc::new(routes),
     };
     let consumer = tokio::spawn(consume(
         ctx,

@@ -19,13 +19,15 @@ use posthorn_bus::Delivery;
 use posthorn_dsn::Diagnostic;
 use posthorn_proto::common::v1::{Envelope, OutboundItem, Recipient};
 use posthorn_proto::resolver::v1::resolver_service_client::ResolverServiceClient;
-use posthorn_proto::resolver::v1::{LookupMxRequest, ResultKind};
+use posthorn_proto::resolver::v1::{LookupIpRequest, LookupMxRequest, ResultKind};
 use prost::Message;
 use tonic::transport::Channel;
 
 use crate::bounce::{self, Failure};
-use crate::client::{self, Attempt, Job, Timeouts};
+use crate::client::{self, Attempt, Job, RelayAuth, Timeouts};
 use crate::retry::Schedule;
+use crate::routes::Routes;
+use posthorn_config::NextHop;
 
 /// What a worker needs.
 #[derive(Clone)]
@@ -44,6 +46,8 @@ pub struct Ctx {
     pub schedule: Schedule,
     /// The consumer's ack wait (the heartbeat runs at a third of it).
     pub ack_wait: Duration,
+    /// Relay host, transports and their AUTH credentials.
+    pub routes: std::sync::Arc<Routes>,
 }
 
 /// How handling ended.
@@ -278,6 +282,58 @@ async fn next_hops(ctx: &Ctx, domain: &str) -> Result<Vec<(String, Vec<IpAddr>)>
     Ok(hops)
 }
 
+/// The addresses of a configured next hop (`relayhost`, `transports`).
+/// Every failure to find them defers: a relay that is not in the DNS is a
+/// configuration error of ours, not the recipient's (docs/delivery.md).
+async fn relay_hops(ctx: &Ctx, hop: &NextHop) -> Result<Vec<(String, Vec<IpAddr>)>, Outcome> {
+    let spec = hop.spec();
+    if let Ok(ip) = hop.host.parse::<IpAddr>() {
+        return Ok(vec![(hop.host.clone(), vec![ip])]);
+    }
+    let defer = |why: String| {
+        tracing::error!(relay = %spec, %why, "relay host not found; mail to it is deferred");
+        Outcome::Deferred(format!("relay {spec}: {why}"))
+    };
+    if hop.mx {
+        return match next_hops(ctx, &hop.host).await {
+            Ok(h) => Ok(h),
+            Err(Outcome::Failed(f)) => Err(defer(match f.diagnostic {
+                Diagnostic::Local(t) | Diagnostic::Smtp(t) => t,
+            })),
+            Err(o) => Err(o),
+        };
+    }
+    let mut resolver = ctx.resolver.clone();
+    let resp = match resolver
+        .lookup_ip(LookupIpRequest {
+            host: hop.host.clone(),
+        })
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(s) => return Err(defer(format!("resolver: {}", s.message()))),
+    };
+    let a = resp.answer.unwrap_or_default();
+    let addrs: Vec<IpAddr> = resp
+        .addresses
+        .iter()
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    if addrs.is_empty() {
+        let kind = ResultKind::try_from(a.result).unwrap_or(ResultKind::Unspecified);
+        return Err(defer(format!(
+            "no address for {} ({kind:?}{})",
+            hop.host,
+            if a.detail.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", a.detail)
+            }
+        )));
+    }
+    Ok(vec![(hop.host.clone(), addrs)])
+}
+
 fn permanent(status: &str, text: String, host: Option<String>) -> Outcome {
     Outcome::Failed(Failure {
         status: status.into(),
@@ -303,9 +359,23 @@ pub async fn attempt_all(ctx: &Ctx, env: &Envelope, rcpt: &Recipient) -> Outcome
             return permanent("5.3.0", format!("the message body is lost ({e})"), None);
         }
     };
-    let hops = match next_hops(ctx, domain).await {
-        Ok(h) => h,
-        Err(o) => return o,
+    let route = ctx.routes.route(domain);
+    let (hops, port, auth) = match route {
+        Some(hop) => match relay_hops(ctx, hop).await {
+            Ok(h) => (
+                h,
+                hop.port.unwrap_or(ctx.port),
+                ctx.routes.credentials(hop).map(|c| RelayAuth {
+                    credentials: c,
+                    plaintext_ok: ctx.routes.auth_plaintext,
+                }),
+            ),
+            Err(o) => return o,
+        },
+        None => match next_hops(ctx, domain).await {
+            Ok(h) => (h, ctx.port, None),
+            Err(o) => return o,
+        },
     };
     let job = Job {
         helo: &ctx.hostname,
@@ -322,8 +392,8 @@ pub async fn attempt_all(ctx: &Ctx, env: &Envelope, rcpt: &Recipient) -> Outcome
     let mut last = String::from("no next hop tried");
     for (host, addrs) in hops {
         for ip in addrs {
-            let addr = SocketAddr::new(ip, ctx.port);
-            match client::attempt(addr, &host, &job, &ctx.timeouts).await {
+            let addr = SocketAddr::new(ip, port);
+            match client::attempt(addr, &host, &job, &ctx.timeouts, auth).await {
                 Attempt::Unreachable(why) => {
                     tracing::info!(%host, %addr, %why, "next hop unreachable; trying the next");
                     last = why;

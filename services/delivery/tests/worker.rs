@@ -69,6 +69,7 @@ fn ctx(backends: &Backends, port: u16) -> Ctx {
             lifetime: s(432_000),
         },
         ack_wait: s(60),
+        routes: Default::default(),
     }
 }
 
