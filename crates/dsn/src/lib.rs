@@ -20,6 +20,8 @@ pub enum Action {
     Failed,
     /// Still being retried (delay warning).
     Delayed,
+    /// Handed to a next hop that does not offer DSN (RFC 3461 §5.2.2).
+    Relayed,
 }
 
 impl Action {
@@ -27,6 +29,7 @@ impl Action {
         match self {
             Action::Failed => "failed",
             Action::Delayed => "delayed",
+            Action::Relayed => "relayed",
         }
     }
 }
@@ -64,6 +67,9 @@ pub struct RecipientReport {
     pub diagnostic: Diagnostic,
     /// The host that answered (Remote-MTA: dns; host), if one did.
     pub remote_mta: Option<String>,
+    /// Unix seconds until which delivery is retried (RFC 3464 §2.3.9
+    /// Will-Retry-Until; delay warnings).
+    pub will_retry_until: Option<i64>,
 }
 
 /// What the report is about: the original message and who reports.
@@ -134,6 +140,8 @@ pub fn compose(
     let boundary = format!("{}.dsn/{}", report.id, hostname);
     let subject = if recipients.iter().all(|r| r.action == Action::Delayed) {
         "Delayed Mail (still being retried)"
+    } else if recipients.iter().all(|r| r.action == Action::Relayed) {
+        "Relayed Mail (delivery notification)"
     } else {
         "Undelivered Mail Returned to Sender"
     };
@@ -196,6 +204,12 @@ pub fn compose(
         match &r.diagnostic {
             Diagnostic::Local(t) => m.push_str(&format!("Diagnostic-Code: X-Posthorn; {t}\r\n")),
             Diagnostic::Smtp(t) => m.push_str(&format!("Diagnostic-Code: smtp; {t}\r\n")),
+        }
+        if let Some(until) = r
+            .will_retry_until
+            .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+        {
+            m.push_str(&format!("Will-Retry-Until: {}\r\n", until.to_rfc2822()));
         }
     }
     let mut out = m.into_bytes();
@@ -268,6 +282,7 @@ mod tests {
             status: status_of(550, Some([5, 1, 1])),
             diagnostic: Diagnostic::Smtp("550 5.1.1 no such user".into()),
             remote_mta: Some("mx1.remote.test".into()),
+            will_retry_until: None,
         }];
         let m = compose(&report, &rcpts, Some(b"Subject: x\r\n\r\nbody\r\n"));
         let s = String::from_utf8(m.clone()).unwrap();
@@ -288,11 +303,26 @@ mod tests {
         let delayed = [RecipientReport {
             action: Action::Delayed,
             status: "4.4.1".into(),
+            will_retry_until: Some(432_000),
             ..rcpts[0].clone()
         }];
         let s = String::from_utf8(compose(&report, &delayed, None)).unwrap();
         assert!(s.contains("Action: delayed\r\nStatus: 4.4.1\r\n"), "{s}");
         assert!(s.contains("Subject: Delayed Mail"), "{s}");
+        assert!(
+            s.contains("Will-Retry-Until: Tue, 6 Jan 1970 00:00:00 +0000\r\n"),
+            "{s}"
+        );
+        // A relayed notice (RFC 3461 §5.2.2).
+        let relayed = [RecipientReport {
+            action: Action::Relayed,
+            status: "2.0.0".into(),
+            ..rcpts[0].clone()
+        }];
+        let s = String::from_utf8(compose(&report, &relayed, None)).unwrap();
+        assert!(s.contains("Action: relayed\r\nStatus: 2.0.0\r\n"), "{s}");
+        assert!(s.contains("Subject: Relayed Mail"), "{s}");
+        assert!(!s.contains("Will-Retry-Until"), "{s}");
         assert_eq!(status_of(421, None), "4.0.0");
         assert_eq!(status_of(554, Some([2, 0, 0])), "5.0.0");
     }

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use mail_send::{Credentials, SmtpClient};
-use smtp_proto::{AUTH_LOGIN, AUTH_PLAIN, EXT_START_TLS, EhloResponse, Response};
+use smtp_proto::{AUTH_LOGIN, AUTH_PLAIN, EXT_DSN, EXT_START_TLS, EhloResponse, Response};
 
 pub use crate::params::{Job, parameters, stuffed};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -88,8 +88,9 @@ pub enum Attempt {
     /// Never got to a transaction (connection refused or lost, greeting or
     /// EHLO not positive, TLS handshake failed): try the next address.
     Unreachable(String),
-    /// 250 after the data.
-    Delivered(Reply),
+    /// 250 after the data; whether the host offered DSN (NOTIFY/ORCPT were
+    /// passed on).
+    Delivered(Reply, bool),
     /// A 5xx to MAIL, RCPT or the data: bounce.
     Rejected(Reply),
     /// A 4xx, a timeout or a lost connection during the transaction: retry later.
@@ -284,6 +285,11 @@ async fn transaction<T: AsyncRead + AsyncWrite + Unpin>(
     t: &Timeouts,
 ) -> Attempt {
     match run(client, caps, job, t).await {
+        Ok(Attempt::Delivered(r, _)) => {
+            client.timeout = t.mail;
+            let _ = client.cmd(b"QUIT\r\n").await;
+            Attempt::Delivered(r, caps.has_capability(EXT_DSN))
+        }
         Ok(a) | Err(a) => {
             if !matches!(a, Attempt::Deferred(_)) {
                 client.timeout = t.mail;
@@ -351,7 +357,7 @@ async fn run<T: AsyncRead + AsyncWrite + Unpin>(
 
 fn final_reply(step: &str, r: mail_send::Result<Response<String>>) -> Result<Attempt, Attempt> {
     match r {
-        Ok(r) if r.code / 100 == 2 => Ok(Attempt::Delivered(Reply::from_response(&r))),
+        Ok(r) if r.code / 100 == 2 => Ok(Attempt::Delivered(Reply::from_response(&r), false)),
         other => {
             check(step, other)?;
             Err(Attempt::Deferred(format!("{step}: unexpected reply")))

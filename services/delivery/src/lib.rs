@@ -72,6 +72,7 @@ pub async fn run(
         schedule: retry::Schedule::from_config(d),
         ack_wait: Duration::from_secs(d.ack_wait_secs),
         routes: Arc::new(routes),
+        delay_warning: Duration::from_secs(d.delay_warning_secs),
     };
     let consumer = tokio::spawn(consume(
         ctx,

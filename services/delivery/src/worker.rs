@@ -48,13 +48,20 @@ pub struct Ctx {
     pub ack_wait: Duration,
     /// Relay host, transports and their AUTH credentials.
     pub routes: std::sync::Arc<Routes>,
+    /// `delivery.delay_warning_secs`: a deferred message older than this
+    /// gets one delay warning per recipient; zero: never.
+    pub delay_warning: Duration,
 }
 
 /// How handling ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// Delivered (or delivered before): ack.
-    Delivered,
+    /// Delivered (or delivered before): ack. `hop_dsn`: the next hop
+    /// offered DSN (NOTIFY was passed on; no relayed notice from us).
+    Delivered {
+        /// The next hop offered DSN.
+        hop_dsn: bool,
+    },
     /// Failed for good: notify, ack.
     Failed(Failure),
     /// Try again later.
@@ -67,6 +74,83 @@ pub fn done_marker(env: &Envelope, rcpt: &str) -> String {
         "delivery-done/{}",
         bounce::short_hash(&format!("{}\0{rcpt}", env.id))
     )
+}
+
+/// Whether a deferred item gets a delay warning now (RFC 3464 `Action:
+/// delayed`): the warning is enabled (`warn_after` > 0), the sender is not
+/// `<>`, the recipient's NOTIFY asks for DELAY (none given: yes, the
+/// common MTA default; `NEVER`: no), and the message is at least
+/// `warn_after` old (from `received_at`). Once only: the caller checks
+/// the `delay-warned` marker.
+pub fn should_warn(env: &Envelope, rcpt: &Recipient, warn_after: Duration, now: i64) -> bool {
+    !warn_after.is_zero()
+        && posthorn_dsn::delay_wanted(&env.mail_from, &rcpt.notify)
+        && now.saturating_sub(env.received_at) >= warn_after.as_secs() as i64
+}
+
+/// Whether a delivered item gets a "relayed" notice (RFC 3461 §5.2.2):
+/// the recipient's NOTIFY names SUCCESS, the sender is not `<>`, and the
+/// next hop did not offer DSN (if it did, NOTIFY/ORCPT went on with the
+/// message and the notice is the next hop's).
+pub fn relayed_wanted(env: &Envelope, rcpt: &Recipient, hop_dsn: bool) -> bool {
+    !hop_dsn
+        && !env.mail_from.is_empty()
+        && rcpt
+            .notify
+            .split(',')
+            .any(|n| n.trim().eq_ignore_ascii_case("SUCCESS"))
+}
+
+/// RFC 3463 status and the remote host of a deferral reason for a delay
+/// warning: the first `4.x.x` in it (else `4.0.0`), and the host of
+/// `host[addr]: ...`.
+fn delay_details(reason: &str) -> (String, Option<String>) {
+    let status = reason
+        .split(|c: char| c.is_whitespace() || c == ':' || c == ',')
+        .find(|w| {
+            let p: Vec<&str> = w.split('.').collect();
+            p.len() == 3
+                && p[0] == "4"
+                && p[1..]
+                    .iter()
+                    .all(|x| !x.is_empty() && x.len() <= 3 && x.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .unwrap_or("4.0.0")
+        .to_string();
+    let host = reason
+        .split_once("]: ")
+        .and_then(|(h, _)| h.split_once('['))
+        .map(|(h, _)| h.trim_end_matches('.'))
+        .filter(|h| !h.is_empty() && !h.contains(char::is_whitespace))
+        .map(str::to_string);
+    (status, host)
+}
+
+/// Send a notification of `kind` once per (message, recipient): skipped
+/// when its marker is set; the marker is set after the publish (the
+/// deterministic id dedupes a repeated publish). Errors are logged only.
+async fn notify_once(ctx: &Ctx, env: &Envelope, rcpt: &Recipient, f: &Failure, kind: bounce::Kind) {
+    let marker = kind.marker(env, &rcpt.address);
+    match ctx.backends.meta.has_marker(&marker).await {
+        Ok(false) => {}
+        Ok(true) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, ?kind, "metadata store unavailable; notification skipped this time");
+            return;
+        }
+    }
+    if let Err(e) = bounce::publish(&ctx.backends, &ctx.hostname, env, rcpt, f, kind).await {
+        tracing::warn!(error = %e, ?kind, "notification not queued");
+        return;
+    }
+    if let Err(e) = ctx
+        .backends
+        .meta
+        .set_marker(&marker, marker_ttl(&ctx.schedule))
+        .await
+    {
+        tracing::warn!(error = %e, ?kind, "notification marker not recorded");
+    }
 }
 
 /// How long a `done` marker is kept: past any redelivery of the item.
@@ -138,8 +222,18 @@ async fn settle(ctx: &Ctx, delivery: Delivery, env: Envelope, rcpt: Recipient) {
         o => o,
     };
     match outcome {
-        Outcome::Delivered => {
+        Outcome::Delivered { hop_dsn } => {
             metrics::counter!("posthorn_delivery_delivered_total").increment(1);
+            if relayed_wanted(&env, &rcpt, hop_dsn) {
+                let f = Failure {
+                    status: "2.0.0".into(),
+                    diagnostic: Diagnostic::Local(
+                        "relayed to a mail system that does not offer DSN".into(),
+                    ),
+                    remote_mta: None,
+                };
+                notify_once(ctx, &env, &rcpt, &f, bounce::Kind::Relayed).await;
+            }
             finish(ctx, delivery, &marker).await;
         }
         Outcome::Failed(f) => {
@@ -160,6 +254,18 @@ async fn settle(ctx: &Ctx, delivery: Delivery, env: Envelope, rcpt: Recipient) {
             let ttl = ctx.schedule.lifetime.saturating_sub(age) + Duration::from_secs(86_400);
             if let Err(e) = ctx.backends.meta.set_marker(&pin, ttl).await {
                 tracing::warn!(error = %e, "blob pin not renewed");
+            }
+            if should_warn(&env, &rcpt, ctx.delay_warning, now) {
+                let (status, remote_mta) = delay_details(&reason);
+                let f = Failure {
+                    status,
+                    diagnostic: Diagnostic::Local(reason.clone()),
+                    remote_mta,
+                };
+                let until = env
+                    .received_at
+                    .saturating_add(ctx.schedule.lifetime.as_secs() as i64);
+                notify_once(ctx, &env, &rcpt, &f, bounce::Kind::Delayed { until }).await;
             }
             tracing::info!(%reason, retry_in = ?delay, "delivery deferred");
             metrics::counter!("posthorn_delivery_deferred_total").increment(1);
@@ -398,9 +504,9 @@ pub async fn attempt_all(ctx: &Ctx, env: &Envelope, rcpt: &Recipient) -> Outcome
                     tracing::info!(%host, %addr, %why, "next hop unreachable; trying the next");
                     last = why;
                 }
-                Attempt::Delivered(reply) => {
-                    tracing::info!(%host, %addr, %reply, "delivered");
-                    return Outcome::Delivered;
+                Attempt::Delivered(reply, hop_dsn) => {
+                    tracing::info!(%host, %addr, %reply, hop_dsn, "delivered");
+                    return Outcome::Delivered { hop_dsn };
                 }
                 Attempt::Rejected(reply) => {
                     return Outcome::Failed(Failure {
@@ -422,23 +528,4 @@ pub async fn attempt_all(ctx: &Ctx, env: &Envelope, rcpt: &Recipient) -> Outcome
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn markers_and_smtputf8() {
-        let env = Envelope {
-            id: "Q1".into(),
-            mail_from: "a@b".into(),
-            ..Default::default()
-        };
-        let m = done_marker(&env, "bob@remote.test");
-        assert!(m.starts_with("delivery-done/"));
-        assert_eq!(m, done_marker(&env, "bob@remote.test"));
-        assert_ne!(m, done_marker(&env, "carol@remote.test"));
-        assert!(!m.contains(char::is_whitespace));
-        assert!(!needs_smtputf8(&env, "b@c", b"Subject: x\r\n\r\n\xc3\xa9"));
-        assert!(needs_smtputf8(&env, "b@c", b"Subject: \xc3\xa9\r\n\r\nx"));
-        assert!(needs_smtputf8(&env, "j\u{f6}rg@c", b"Subject: x\r\n\r\n"));
-    }
-}
+mod tests;

@@ -70,6 +70,7 @@ fn ctx(backends: &Backends, port: u16) -> Ctx {
         },
         ack_wait: s(60),
         routes: Default::default(),
+        delay_warning: Duration::ZERO,
     }
 }
 

@@ -267,3 +267,56 @@ fn permanent_failures_bounce_to_the_sender(backend: Backend) {
     assert!(dsn.contains("Status: 5.1.2"), "{dsn}");
     assert!(dsn.contains("NXDOMAIN"), "{dsn}");
 }
+
+/// A peer that answers 451 to every RCPT: with `delay_warning_secs = 1`
+/// the sender gets exactly one "delayed" DSN, however often the item is
+/// deferred afterwards.
+#[test]
+fn one_delay_warning_per_recipient_embedded() {
+    let dns = DnsServer::start(&zone());
+    let port = free_port();
+    let busy = vec!["\"451 4.3.0 busy, try later\""; 500].join(", ");
+    let sink = SmtpSink::start("127.0.0.4", port, &format!("{{\"rcpt\": [{busy}]}}"));
+    let addr: SocketAddr = dns.addr();
+    let sys = System::start_extra(
+        Backend::Embedded,
+        Extra {
+            resolver: format!("nameservers = [\"{addr}\"]"),
+            delivery: format!(
+                "remote_port = {port}\nretry_min_secs = 1\nretry_max_secs = 1\nconnect_timeout_secs = 5\n\
+                 delay_warning_secs = 1\nmax_queue_lifetime_secs = 86400"
+            ),
+            ..Extra::default()
+        },
+    );
+    sys.standard_directory();
+    let msg = b"From: alice@example.test\r\nSubject: slow\r\n\r\npatience\r\n";
+    submit(&sys, "dave@retry.test", msg);
+    let dsn = wait_dsn(&sys, 1);
+    for want in [
+        "Subject: Delayed Mail",
+        "Final-Recipient: rfc822; dave@retry.test",
+        "Action: delayed",
+        "Status: 4.3.0",
+        "451 4.3.0 busy",
+        "Will-Retry-Until: ",
+    ] {
+        assert!(dsn.contains(want), "missing {want:?} in\n{dsn}");
+    }
+    // Several more deferrals after the warning...
+    let before = sink.events().matches("\"reply\": \"451 4.3.0 busy").count();
+    sys.wait_for("three more deferrals", WAIT, || {
+        (sink.events().matches("\"reply\": \"451 4.3.0 busy").count() >= before + 3).then_some(())
+    });
+    // ...then a marker message: a second warning would have come before it.
+    submit(
+        &sys,
+        "alice@example.test",
+        b"From: alice@example.test\r\nSubject: marker\r\n\r\nmarker\r\n",
+    );
+    let m = sys.wait_messages("alice@example.test", 2, WAIT);
+    assert_eq!(m.len(), 2, "a second delay warning arrived");
+    let last = String::from_utf8_lossy(&sys.fetch("alice@example.test", m[1].0)).to_string();
+    assert!(last.contains("Subject: marker"), "{last}");
+    assert!(sink.messages().is_empty());
+}

@@ -65,6 +65,7 @@ pub fn compose(
             status: f.status.to_string(),
             diagnostic: posthorn_dsn::Diagnostic::Local(f.diagnostic.clone()),
             remote_mta: None,
+            will_retry_until: None,
         })
         .collect();
     posthorn_dsn::compose(&report, &rcpts, original)
