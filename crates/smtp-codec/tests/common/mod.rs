@@ -9,7 +9,7 @@ use posthorn_smtp_codec::{
     parse_command,
 };
 
-/// Chunk sizes every vector is re-fed with (STYLE.md §3.5 "chunk-split").
+/// Chunk sizes every vector is re-fed with (docs/testing.md, "Codec vectors are fed in every chunk size").
 pub const CHUNK_SIZES: &[usize] = &[1, 2, 3, 4, 5, 7, 8, 13, 16, 32, 64, 128, 256, 512, 4096];
 
 /// What the codec reported to the server, in order.
