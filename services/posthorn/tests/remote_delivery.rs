@@ -7,6 +7,7 @@ mod common;
 
 use std::net::SocketAddr;
 
+use common::remote::{submit, wait_sink};
 use common::*;
 use posthorn_test_support::{DnsServer, DnsZone, SmtpSink, free_port};
 
@@ -47,29 +48,6 @@ fn system(backend: Backend, dns: &DnsServer, port: u16) -> System {
     sys
 }
 
-/// Submit `msg` as alice (587, STARTTLS, AUTH PLAIN) to `rcpt`, 8BITMIME.
-fn submit(sys: &System, rcpt: &str, msg: &[u8]) {
-    let file = sys.dir.path().join(format!("submit-{}.eml", free_port()));
-    std::fs::write(&file, msg).unwrap();
-    python_or(
-        r#"
-import smtplib, ssl, sys
-s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=60)
-s.starttls(context=ssl._create_unverified_context())
-s.login("alice@example.test", "alice-pw")
-s.sendmail("alice@example.test", [sys.argv[2]], open(sys.argv[3], "rb").read(),
-           mail_options=["BODY=8BITMIME"])
-s.quit()
-"#,
-        &[
-            &sys.ports.submission.to_string(),
-            rcpt,
-            file.to_str().unwrap(),
-        ],
-        || sys.logs(),
-    );
-}
-
 /// `got` is `sent` with trace header fields (`Received:`) added in front.
 fn assert_same_but_trace(got: &[u8], sent: &[u8]) {
     assert!(
@@ -85,17 +63,6 @@ fn assert_same_but_trace(got: &[u8], sent: &[u8]) {
             "unexpected line {line:?} added in front of the message"
         );
     }
-}
-
-fn wait_sink(sys: &System, sink: &SmtpSink, n: usize) -> Vec<Vec<u8>> {
-    sys.wait_for(
-        &format!("{n} message(s) at the sink {}", sink.ip()),
-        WAIT,
-        || {
-            let m = sink.messages();
-            (m.len() >= n).then_some(m)
-        },
-    )
 }
 
 /// A DSN in alice's INBOX (the `n`-th message), as text.

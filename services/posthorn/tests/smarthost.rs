@@ -7,45 +7,13 @@ mod common;
 
 use std::net::SocketAddr;
 
+use common::remote::{submit, wait_sink};
 use common::*;
 use posthorn_test_support::{DnsServer, DnsZone, SmtpSink, free_port};
-
-/// Submit `msg` as alice (587, STARTTLS, AUTH PLAIN) to `rcpt`.
-fn submit(sys: &System, rcpt: &str, msg: &[u8]) {
-    let file = sys.dir.path().join(format!("submit-{}.eml", free_port()));
-    std::fs::write(&file, msg).unwrap();
-    python_or(
-        r#"
-import smtplib, ssl, sys
-s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=60)
-s.starttls(context=ssl._create_unverified_context())
-s.login("alice@example.test", "alice-pw")
-s.sendmail("alice@example.test", [sys.argv[2]], open(sys.argv[3], "rb").read())
-s.quit()
-"#,
-        &[
-            &sys.ports.submission.to_string(),
-            rcpt,
-            file.to_str().unwrap(),
-        ],
-        || sys.logs(),
-    );
-}
 
 /// Every line the system logged (`System::logs` is a tail).
 fn full_log(sys: &System) -> String {
     sys.procs.iter().map(|(_, p)| p.log_text()).collect()
-}
-
-fn wait_sink(sys: &System, sink: &SmtpSink, n: usize) -> Vec<Vec<u8>> {
-    sys.wait_for(
-        &format!("{n} message(s) at the sink {}", sink.ip()),
-        WAIT,
-        || {
-            let m = sink.messages();
-            (m.len() >= n).then_some(m)
-        },
-    )
 }
 
 #[test]
