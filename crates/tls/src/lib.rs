@@ -4,9 +4,12 @@
 //! neither, a self-signed certificate for `server.hostname` (and
 //! `localhost`, `127.0.0.1`, `::1`) is generated at first start into
 //! `data_dir/tls/{cert,key}.pem` and reused afterwards, so clients that
-//! pinned it keep working across restarts.
+//! pinned it keep working across restarts. [`client`] holds the client side
+//! of opportunistic TLS.
 
 #![warn(missing_docs)]
+
+pub mod client;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -141,7 +141,10 @@ pub async fn attempt(
         match client.cmd(b"STARTTLS\r\n").await {
             Ok(r) if r.code == 220 => {
                 let name = tls_name(host);
-                let mut tls = match client.into_tls(&crate::tls::connector(), &name).await {
+                let mut tls = match client
+                    .into_tls(&posthorn_tls::client::any_cert_connector(), &name)
+                    .await
+                {
                     Ok(c) => c,
                     Err(e) => {
                         return Attempt::Unreachable(format!("{host}[{addr}] TLS handshake: {e}"));

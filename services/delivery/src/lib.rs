@@ -26,7 +26,6 @@ pub mod client;
 pub mod params;
 pub mod retry;
 pub mod routes;
-pub mod tls;
 pub mod worker;
 
 use std::sync::Arc;

@@ -1,6 +1,8 @@
-//! The TLS client of opportunistic STARTTLS: any certificate is accepted
-//! (RFC 7435 opportunistic security; MTA-STS and DANE are later work), on
-//! the ring provider like the rest of the workspace.
+//! The TLS client for opportunistic encryption: any server certificate is
+//! accepted, the handshake signatures are still checked (RFC 7435; see
+//! docs/delivery.md, "The SMTP transaction"). Used by the delivery tier's STARTTLS until a
+//! policy (MTA-STS, DANE) asks for verification, and by tests that talk to
+//! a server with a generated self-signed certificate.
 
 use std::sync::{Arc, OnceLock};
 
@@ -10,8 +12,9 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio_rustls::TlsConnector;
 
-/// The shared connector (built once).
-pub fn connector() -> TlsConnector {
+/// A connector that accepts any server certificate, on the ring provider
+/// like the rest of the workspace (built once, then shared).
+pub fn any_cert_connector() -> TlsConnector {
     static C: OnceLock<TlsConnector> = OnceLock::new();
     C.get_or_init(|| {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
