@@ -154,6 +154,25 @@ impl Server {
         assert!(r.starts_with("+OK Logged in"), "{r}");
         c
     }
+    /// A client logged in as alice once the maildrop lock is free: every
+    /// `[IN-USE]` answer is retried after `poll`, within [`STEP`] (the wait
+    /// is on the lock, the deadline only bounds a hang).
+    async fn login_when_free(&self, poll: Duration) -> Option<Client> {
+        tokio::time::timeout(STEP, async {
+            loop {
+                let mut c = self.connect().await;
+                c.cmd(&format!("USER {ALICE}")).await;
+                let r = c.cmd(&format!("PASS {ALICE_PW}")).await;
+                if r.starts_with("+OK") {
+                    return c;
+                }
+                assert_eq!(r, "-ERR [IN-USE] Maildrop already locked\r\n");
+                tokio::time::sleep(poll).await;
+            }
+        })
+        .await
+        .ok()
+    }
 }
 
 struct Client {
@@ -453,20 +472,7 @@ async fn dele_without_quit_is_not_committed() {
     assert_eq!(c.cmd("DELE 1").await, "+OK Message 1 deleted\r\n");
     drop(c);
     // The lock is released at the end of the session, so a new login works.
-    let mut c = tokio::time::timeout(STEP, async {
-        loop {
-            let mut c = s.connect().await;
-            c.cmd(&format!("USER {ALICE}")).await;
-            let r = c.cmd(&format!("PASS {ALICE_PW}")).await;
-            if r.starts_with("+OK") {
-                return c;
-            }
-            assert!(r.starts_with("-ERR [IN-USE]"), "{r}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .unwrap();
+    let mut c = s.login_when_free(Duration::from_millis(50)).await.unwrap();
     assert_eq!(
         c.cmd("STAT").await,
         format!("+OK 2 {}\r\n", MSG1.len() + MSG2.len())
@@ -625,20 +631,10 @@ async fn crashed_holder_blocks_only_until_the_lease_expires() {
             .await
             .unwrap()
     );
-    let mut c = tokio::time::timeout(STEP, async {
-        loop {
-            let mut c = s.connect().await;
-            c.cmd(&format!("USER {ALICE}")).await;
-            let r = c.cmd(&format!("PASS {ALICE_PW}")).await;
-            if r.starts_with("+OK") {
-                return c;
-            }
-            assert_eq!(r, "-ERR [IN-USE] Maildrop already locked\r\n");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await
-    .expect("a login once the crashed holder's lease expired");
+    let mut c = s
+        .login_when_free(Duration::from_millis(100))
+        .await
+        .expect("a login once the crashed holder's lease expired");
     // `renewed` is before the lease was set: a lower bound (50 ms for clock
     // granularity).
     let free_after = renewed.elapsed();
