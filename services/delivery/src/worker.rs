@@ -101,10 +101,11 @@ pub fn relayed_wanted(env: &Envelope, rcpt: &Recipient, hop_dsn: bool) -> bool {
             .any(|n| n.trim().eq_ignore_ascii_case("SUCCESS"))
 }
 
-/// RFC 3463 status and the remote host of a deferral reason for a delay
-/// warning: the first `4.x.x` in it (else `4.0.0`), and the host of
-/// `host[addr]: ...`.
-fn delay_details(reason: &str) -> (String, Option<String>) {
+/// The report of a deferral reason in a delay warning: the RFC 3463 status
+/// (the first `4.x.x` in it, else `4.0.0`), the host of `host[addr]: ...`,
+/// and the diagnostic: `smtp; <reply>` when the reason ends in the next
+/// hop's 4xx reply (`host[addr]: RCPT: 451 4.3.0 ...`), else our own text.
+fn delay_details(reason: &str) -> (String, Option<String>, Diagnostic) {
     let status = reason
         .split(|c: char| c.is_whitespace() || c == ':' || c == ',')
         .find(|w| {
@@ -123,7 +124,15 @@ fn delay_details(reason: &str) -> (String, Option<String>) {
         .map(|(h, _)| h.trim_end_matches('.'))
         .filter(|h| !h.is_empty() && !h.contains(char::is_whitespace))
         .map(str::to_string);
-    (status, host)
+    let reply = reason.split(": ").find(|p| {
+        let b = p.as_bytes();
+        b.len() > 4 && b[0] == b'4' && b[1..3].iter().all(u8::is_ascii_digit) && b[3] == b' '
+    });
+    let diagnostic = match (&host, reply) {
+        (Some(_), Some(r)) => Diagnostic::Smtp(r.to_string()),
+        _ => Diagnostic::Local(reason.to_string()),
+    };
+    (status, host, diagnostic)
 }
 
 /// Send a notification of `kind` once per (message, recipient): skipped
@@ -256,10 +265,10 @@ async fn settle(ctx: &Ctx, delivery: Delivery, env: Envelope, rcpt: Recipient) {
                 tracing::warn!(error = %e, "blob pin not renewed");
             }
             if should_warn(&env, &rcpt, ctx.delay_warning, now) {
-                let (status, remote_mta) = delay_details(&reason);
+                let (status, remote_mta, diagnostic) = delay_details(&reason);
                 let f = Failure {
                     status,
-                    diagnostic: Diagnostic::Local(reason.clone()),
+                    diagnostic,
                     remote_mta,
                 };
                 let until = env

@@ -265,7 +265,8 @@ fn one_delay_warning_per_recipient_embedded() {
         "Final-Recipient: rfc822; dave@retry.test",
         "Action: delayed",
         "Status: 4.3.0",
-        "451 4.3.0 busy",
+        "Diagnostic-Code: smtp; 451 4.3.0 busy",
+        "Remote-MTA: dns; mx.retry.test",
         "Will-Retry-Until: ",
     ] {
         assert!(dsn.contains(want), "missing {want:?} in\n{dsn}");

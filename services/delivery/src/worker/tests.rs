@@ -92,14 +92,34 @@ fn relayed_decision() {
 fn delay_details_from_reasons() {
     assert_eq!(
         delay_details("mx1.remote.test.[127.0.0.5:25]: RCPT: 451 4.3.0 try later"),
-        ("4.3.0".to_string(), Some("mx1.remote.test".to_string()))
+        (
+            "4.3.0".to_string(),
+            Some("mx1.remote.test".to_string()),
+            Diagnostic::Smtp("451 4.3.0 try later".to_string())
+        )
+    );
+    assert_eq!(
+        delay_details("mx1.remote.test.[127.0.0.5:25]: MAIL: timeout"),
+        (
+            "4.0.0".to_string(),
+            Some("mx1.remote.test".to_string()),
+            Diagnostic::Local("mx1.remote.test.[127.0.0.5:25]: MAIL: timeout".to_string())
+        )
     );
     assert_eq!(
         delay_details("resolver: unavailable"),
-        ("4.0.0".to_string(), None)
+        (
+            "4.0.0".to_string(),
+            None,
+            Diagnostic::Local("resolver: unavailable".to_string())
+        )
     );
     assert_eq!(
         delay_details("relay [r.test]:587: no address for r.test (Nxdomain)"),
-        ("4.0.0".to_string(), None)
+        (
+            "4.0.0".to_string(),
+            None,
+            Diagnostic::Local("relay [r.test]:587: no address for r.test (Nxdomain)".to_string())
+        )
     );
 }
