@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "posthorn/common/v1/envelope.proto",
         "posthorn/router/v1/router.proto",
         "posthorn/resolver/v1/resolver.proto",
+        "posthorn/queue/v1/queue.proto",
     ];
     let fds = protox::compile(files, [&root])?;
     tonic_prost_build::configure().compile_fds(fds)?;

@@ -17,6 +17,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod outbound;
+
 use posthorn_blob_store::BlobStore;
 use posthorn_bus::Bus;
 use posthorn_bus::embedded::EmbeddedBus;

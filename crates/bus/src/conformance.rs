@@ -63,6 +63,7 @@ fn cfg(ack_wait_ms: u64, max_deliver: u32) -> ConsumerConfig {
     ConsumerConfig {
         ack_wait: Duration::from_millis(ack_wait_ms),
         max_deliver,
+        max_pending: 1000,
     }
 }
 
@@ -274,6 +275,7 @@ pub async fn in_progress_extends_lease(bus: &Arc<dyn Bus>) {
     let config = ConsumerConfig {
         ack_wait,
         max_deliver: 5,
+        max_pending: 1000,
     };
     let mut c1 = consumer(bus, case, queue, config).await;
     let mut c2 = consumer(bus, case, queue, config).await;

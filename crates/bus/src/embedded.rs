@@ -43,7 +43,7 @@
 //!   [`EVENT_CAPACITY`]; a lagging subscriber skips events, which only costs
 //!   latency).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -146,6 +146,14 @@ struct Hold {
 #[derive(Default)]
 struct State {
     holds: HashMap<(u8, u64), Hold>,
+    /// Items in the table that may be handed out now (neither held nor
+    /// acked), so a claim takes the first of them instead of scanning
+    /// past every held one (10,000 deferred items must not slow the
+    /// others; docs/architecture.md, "Embedded queue").
+    ready: BTreeSet<(u8, u64)>,
+    /// When holds end: (expiry, key); an entry whose hold was replaced
+    /// since is stale and skipped.
+    expiries: BTreeSet<(Instant, (u8, u64))>,
     last_dedupe_gc: Option<Instant>,
     /// Delivery counts raised by claims of this process (until acked).
     attempts: HashMap<(u8, u64), u32>,
@@ -156,24 +164,52 @@ struct State {
 }
 
 impl State {
-    fn busy(&self, key: (u8, u64), now: Instant) -> bool {
-        self.acked.contains(&key) || self.holds.get(&key).is_some_and(|h| h.until > now)
+    /// Hold `key` (a lease, or a NAK delay) until `until`.
+    fn hold(&mut self, key: (u8, u64), until: Instant, token: Option<u64>) {
+        self.ready.remove(&key);
+        self.holds.insert(key, Hold { until, token });
+        self.expiries.insert((until, key));
+    }
+
+    /// End the hold of `key`: it may be handed out again.
+    fn release(&mut self, key: (u8, u64)) {
+        self.holds.remove(&key);
+        if !self.acked.contains(&key) {
+            self.ready.insert(key);
+        }
+    }
+
+    /// End the holds that expired by `now`.
+    fn expire(&mut self, now: Instant) {
+        while let Some(&(until, key)) = self.expiries.first() {
+            if until > now {
+                break;
+            }
+            self.expiries.pop_first();
+            if self.holds.get(&key).is_some_and(|h| h.until == until) {
+                self.release(key);
+            }
+        }
     }
 
     /// Forget what this process knows of an item that left the queue.
     fn gone(&mut self, key: (u8, u64)) {
         self.holds.remove(&key);
+        self.ready.remove(&key);
         self.attempts.remove(&key);
         self.dirty.remove(&key);
     }
 
     /// Earliest moment a hold of `queue` expires (after `now`).
     fn next_expiry(&self, queue: u8, now: Instant) -> Option<Instant> {
-        self.holds
+        self.expiries
             .iter()
-            .filter(|(k, h)| k.0 == queue && h.until > now)
-            .map(|(_, h)| h.until)
-            .min()
+            .find(|(until, key)| {
+                key.0 == queue
+                    && *until > now
+                    && self.holds.get(key).is_some_and(|h| h.until == *until)
+            })
+            .map(|(until, _)| *until)
     }
 }
 
@@ -242,6 +278,7 @@ impl Inner {
         };
         let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
         let mut stored = Vec::with_capacity(batch.len());
+        let mut added = Vec::new();
         let mut changed = false;
         {
             let mut items = txn.open_table(ITEMS).map_err(|e| self.err(e))?;
@@ -294,6 +331,7 @@ impl Inner {
                 items
                     .insert((q, seq), encode_item(0, msg_id, payload).as_slice())
                     .map_err(|e| self.err(e))?;
+                added.push((q, seq));
                 stored.push(true);
             }
         }
@@ -310,6 +348,7 @@ impl Inner {
         for key in &acks {
             st.acked.remove(key);
         }
+        st.ready.extend(added);
         for (key, n) in &counts {
             if st.attempts.get(key) == Some(n) {
                 st.dirty.remove(key);
@@ -344,26 +383,24 @@ impl Inner {
     fn claim(&self, q: u8, config: ConsumerConfig) -> Result<Claim> {
         let mut st = self.state();
         let now = Instant::now();
-        st.holds.retain(|_, h| h.until > now);
+        st.expire(now);
         let mut found = None;
         let mut poison = Vec::new();
         {
             let txn = self.db.begin_read().map_err(|e| self.err(e))?;
             let items = txn.open_table(ITEMS).map_err(|e| self.err(e))?;
-            for entry in items
-                .range((q, 0u64)..=(q, u64::MAX))
-                .map_err(|e| self.err(e))?
-            {
-                let (k, v) = entry.map_err(|e| self.err(e))?;
-                let key = k.value();
-                if st.busy(key, now) {
+            while let Some(&key) = st.ready.range((q, 0u64)..=(q, u64::MAX)).next() {
+                let Some(v) = items.get(key).map_err(|e| self.err(e))? else {
+                    // Left the table (a commit of its ack, a term).
+                    st.ready.remove(&key);
                     continue;
-                }
+                };
                 let (deliveries, msg_id, payload) = decode_item(v.value())?;
                 let known = st.attempts.get(&key).copied().unwrap_or(0);
                 let attempt = deliveries.max(known).saturating_add(1);
                 if attempt > config.max_deliver {
                     tracing::warn!(queue = q, %msg_id, deliveries = attempt - 1, "embedded bus: max_deliver exceeded, moved to dead letters");
+                    st.ready.remove(&key);
                     poison.push((key, msg_id, payload));
                     continue;
                 }
@@ -391,13 +428,7 @@ impl Inner {
         match found {
             Some((seq, attempt, msg_id, payload)) => {
                 let token = self.tokens.fetch_add(1, Ordering::Relaxed);
-                st.holds.insert(
-                    (q, seq),
-                    Hold {
-                        until: now + config.ack_wait,
-                        token: Some(token),
-                    },
-                );
+                st.hold((q, seq), now + config.ack_wait, Some(token));
                 st.attempts.insert((q, seq), attempt);
                 st.dirty.insert((q, seq));
                 Ok(Claim::Leased {
@@ -543,12 +574,22 @@ impl EmbeddedBus {
             txn.open_table(META).map_err(|e| err(&e))?;
         }
         txn.commit().map_err(|e| err(&e))?;
+        // After a restart every item in the table may be handed out.
+        let mut state = State::default();
+        {
+            let txn = db.begin_read().map_err(|e| err(&e))?;
+            let items = txn.open_table(ITEMS).map_err(|e| err(&e))?;
+            for entry in items.iter().map_err(|e| err(&e))? {
+                let (k, _) = entry.map_err(|e| err(&e))?;
+                state.ready.insert(k.value());
+            }
+        }
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         Ok(EmbeddedBus {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
                 db,
-                state: Mutex::new(State::default()),
+                state: Mutex::new(state),
                 group: Arc::new(GroupCommit::new()),
                 notify: [Notify::new(), Notify::new()],
                 events,
@@ -742,20 +783,10 @@ impl Acker for EmbeddedAcker {
                 .holds
                 .get(&key)
                 .is_none_or(|h| h.token == Some(self.token));
-            if mine {
+            if mine && !st.acked.contains(&key) {
                 match delay {
-                    Some(d) if !d.is_zero() => {
-                        st.holds.insert(
-                            key,
-                            Hold {
-                                until: Instant::now() + d,
-                                token: None,
-                            },
-                        );
-                    }
-                    _ => {
-                        st.holds.remove(&key);
-                    }
+                    Some(d) if !d.is_zero() => st.hold(key, Instant::now() + d, None),
+                    _ => st.release(key),
                 }
             }
         }
@@ -777,14 +808,8 @@ impl Acker for EmbeddedAcker {
             .holds
             .get(&key)
             .is_none_or(|h| h.token == Some(self.token));
-        if mine {
-            st.holds.insert(
-                key,
-                Hold {
-                    until: Instant::now() + self.ack_wait,
-                    token: Some(self.token),
-                },
-            );
+        if mine && !st.acked.contains(&key) {
+            st.hold(key, Instant::now() + self.ack_wait, Some(self.token));
         }
         Ok(())
     }

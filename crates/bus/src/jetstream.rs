@@ -292,6 +292,11 @@ impl Bus for JetStreamBus {
                 // Unlimited on the server: `next` dead-letters deliveries
                 // past `config.max_deliver` itself (see the module docs).
                 max_deliver: -1,
+                max_ack_pending: if config.max_pending == 0 {
+                    -1
+                } else {
+                    i64::from(config.max_pending)
+                },
                 ..Default::default()
             })
             .await

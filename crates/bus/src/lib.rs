@@ -77,6 +77,11 @@ pub struct ConsumerConfig {
     /// After this many deliveries without ack the item goes to the
     /// dead-letter queue. Default 10.
     pub max_deliver: u32,
+    /// Un-acked items the group may have at once, NAK-delayed ones
+    /// included (JetStream's `max_ack_pending`; 0: no limit). A queue whose
+    /// retries wait as NAK delays (delivery) needs it unlimited, or the
+    /// deferred items stop everything else. Default 1000 (JetStream's).
+    pub max_pending: u32,
 }
 
 impl Default for ConsumerConfig {
@@ -84,6 +89,7 @@ impl Default for ConsumerConfig {
         ConsumerConfig {
             ack_wait: Duration::from_secs(30),
             max_deliver: 10,
+            max_pending: 1000,
         }
     }
 }

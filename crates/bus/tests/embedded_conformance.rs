@@ -11,6 +11,7 @@ use posthorn_bus::{Bus, Consumer, ConsumerConfig, Delivery, Queue, conformance};
 const CONFIG: ConsumerConfig = ConsumerConfig {
     ack_wait: Duration::from_secs(30),
     max_deliver: 5,
+    max_pending: 1000,
 };
 
 /// A consumer of `queue` with [`CONFIG`].

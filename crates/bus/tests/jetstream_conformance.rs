@@ -52,6 +52,7 @@ async fn killed_between_publish_and_ack_loses_nothing() {
     let config = ConsumerConfig {
         ack_wait: Duration::from_secs(2),
         max_deliver: 5,
+        max_pending: 1000,
     };
     {
         let bus = JetStreamBus::connect(&url).await.expect("connect");

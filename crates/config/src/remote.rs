@@ -62,8 +62,13 @@ pub struct DeliveryConfig {
     pub delay_warning_secs: u64,
     /// Seconds after which a message bounces (Sendmail/Postfix: 5 days).
     pub max_queue_lifetime_secs: u64,
-    /// Simultaneous deliveries per destination domain (Postfix default_destination_concurrency_limit: 20).
+    /// Simultaneous deliveries per destination (the recipient domain, or
+    /// the relay) by one delivery process; 0: no limit (Postfix
+    /// default_destination_concurrency_limit: 20).
     pub per_domain_concurrency: u32,
+    /// Seconds a destination none of whose next hops answered is
+    /// suspended: its items are deferred without a connection; 0: never.
+    pub dead_destination_secs: u64,
     /// Outbound items worked on at once by one delivery process.
     pub concurrency: u32,
     /// TCP port of the next hop (25; tests point it at unprivileged peers).
@@ -112,7 +117,8 @@ impl Default for DeliveryConfig {
             delay_warning_secs: 14_400,
             max_queue_lifetime_secs: 432_000,
             per_domain_concurrency: 20,
-            concurrency: 20,
+            dead_destination_secs: 60,
+            concurrency: 100,
             remote_port: 25,
             ack_wait_secs: 60,
             connect_timeout_secs: 30,

@@ -281,6 +281,8 @@ pub struct RouterConfig {
     pub concurrency: u32,
     /// Seconds a successful SMTP AUTH password check is remembered (0: always run argon2).
     pub auth_cache_secs: u64,
+    /// Seconds between updates of the delivery queue gauges (0: none).
+    pub queue_metrics_secs: u64,
 }
 
 impl Default for RouterConfig {
@@ -292,6 +294,7 @@ impl Default for RouterConfig {
             max_deliver: 20,
             concurrency: 32,
             auth_cache_secs: 300,
+            queue_metrics_secs: 15,
         }
     }
 }

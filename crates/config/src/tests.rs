@@ -100,9 +100,15 @@ fn delivery_keys_from_env_and_validation() {
             ("POSTHORN_DELIVERY__RETRY_MIN_SECS", "1"),
             ("POSTHORN_DELIVERY__RETRY_MAX_SECS", "4"),
             ("POSTHORN_DELIVERY__TIMEOUT_DATA_END_SECS", "7"),
+            ("POSTHORN_DELIVERY__PER_DOMAIN_CONCURRENCY", "2"),
+            ("POSTHORN_DELIVERY__DEAD_DESTINATION_SECS", "0"),
+            ("POSTHORN_ROUTER__QUEUE_METRICS_SECS", "0"),
         ],
     )
     .unwrap();
+    assert_eq!(c.delivery.per_domain_concurrency, 2);
+    assert_eq!(c.delivery.dead_destination_secs, 0);
+    assert_eq!(c.router.queue_metrics_secs, 0);
     assert_eq!(c.delivery.remote_port, 2525);
     assert_eq!(c.delivery.concurrency, 3);
     assert_eq!(

@@ -1,7 +1,9 @@
 //! Delivery status notifications: RFC 3464 `message/delivery-status` in an
 //! RFC 6522 `multipart/report`, composed from plain values so that every
 //! tier can use it without linking another (the router bounces recipients
-//! that vanished before routing, delivery bounces remote failures).
+//! that vanished before routing and reports local deliveries asked for with
+//! NOTIFY=SUCCESS; delivery bounces remote failures and sends delay
+//! warnings and relayed notices).
 //!
 //! Pure: no I/O, no runtime. The caller stores the result and sends it to
 //! the envelope sender with the null reverse path `<>`.
@@ -22,6 +24,10 @@ pub enum Action {
     Delayed,
     /// Handed to a next hop that does not offer DSN (RFC 3461 §5.2.2).
     Relayed,
+    /// Delivered into a local mailbox (RFC 3464 §2.3.3, NOTIFY=SUCCESS).
+    Delivered,
+    /// A multiple-recipient alias was expanded (RFC 3461 §6.2.7.3).
+    Expanded,
 }
 
 impl Action {
@@ -30,7 +36,14 @@ impl Action {
             Action::Failed => "failed",
             Action::Delayed => "delayed",
             Action::Relayed => "relayed",
+            Action::Delivered => "delivered",
+            Action::Expanded => "expanded",
         }
+    }
+
+    /// Delivered or expanded: the report says the message arrived.
+    fn is_success(self) -> bool {
+        matches!(self, Action::Delivered | Action::Expanded)
     }
 }
 
@@ -59,7 +72,7 @@ pub struct RecipientReport {
     pub address: String,
     /// RFC 3461 ORCPT as given (`addr-type;address`), empty if none.
     pub orcpt: String,
-    /// Failed or delayed.
+    /// What happened (failed, delayed, relayed, delivered, expanded).
     pub action: Action,
     /// RFC 3463 status, e.g. `5.1.1`.
     pub status: String,
@@ -106,14 +119,32 @@ pub fn delay_wanted(mail_from: &str, notify: &str) -> bool {
     wanted_for(mail_from, notify, "DELAY")
 }
 
+/// Whether a success notification (`delivered`, `relayed`, `expanded`)
+/// is wanted: only when NOTIFY names `SUCCESS` (RFC 3461 §4.1: no default),
+/// and never for the null sender.
+pub fn success_wanted(mail_from: &str, notify: &str) -> bool {
+    !mail_from.is_empty() && names(notify, "SUCCESS")
+}
+
 fn wanted_for(mail_from: &str, notify: &str, what: &str) -> bool {
     if mail_from.is_empty() {
         return false;
     }
-    notify.is_empty()
-        || notify
-            .split(',')
-            .any(|n| n.trim().eq_ignore_ascii_case(what))
+    notify.is_empty() || names(notify, what)
+}
+
+/// Whether the NOTIFY list `notify` names `what`.
+fn names(notify: &str, what: &str) -> bool {
+    notify
+        .split(',')
+        .any(|n| n.trim().eq_ignore_ascii_case(what))
+}
+
+/// A short stable hash of `s` (24 hex digits of SHA-256), for the
+/// deterministic ids and marker names of notifications.
+pub fn short_hash(s: &str) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(s.as_bytes())[..12])
 }
 
 /// The header section of `msg` (through the blank line).
@@ -137,21 +168,33 @@ pub fn compose(
     let arrival = chrono::DateTime::from_timestamp(report.received_at, 0)
         .unwrap_or(now)
         .to_rfc2822();
-    let boundary = format!("{}.dsn/{}", report.id, hostname);
+    let success = !recipients.is_empty() && recipients.iter().all(|r| r.action.is_success());
     let subject = if recipients.iter().all(|r| r.action == Action::Delayed) {
         "Delayed Mail (still being retried)"
     } else if recipients.iter().all(|r| r.action == Action::Relayed) {
         "Relayed Mail (delivery notification)"
+    } else if success {
+        "Successful Mail Delivery Report"
     } else {
         "Undelivered Mail Returned to Sender"
     };
+    // A bounce keeps `<id>.dsn`; other notices (one per recipient, several
+    // per message) get their own Message-ID, so none shares a bounce's.
+    let tag = match recipients.first().map(|r| r.action) {
+        None | Some(Action::Failed) => "dsn".to_string(),
+        Some(a) => {
+            let who: Vec<&str> = recipients.iter().map(|r| r.address.as_str()).collect();
+            format!("{}.{}", a.as_str(), short_hash(&who.join("\0")))
+        }
+    };
+    let boundary = format!("{}.{tag}/{}", report.id, hostname);
     let mut m = String::new();
     m.push_str(&format!(
         "From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\n\
          To: <{}>\r\n\
          Subject: {subject}\r\n\
          Date: {date}\r\n\
-         Message-ID: <{}.dsn@{hostname}>\r\n\
+         Message-ID: <{}.{tag}@{hostname}>\r\n\
          Auto-Submitted: auto-replied\r\n\
          MIME-Version: 1.0\r\n\
          Content-Type: multipart/report; report-type=delivery-status;\r\n\
@@ -220,10 +263,15 @@ pub fn compose(
         } else {
             ("text/rfc822-headers", header_section(orig))
         };
+        let what = if success {
+            "Delivered message"
+        } else {
+            "Undelivered message"
+        };
         out.extend_from_slice(
             format!(
                 "\r\n--{boundary}\r\n\
-                 Content-Description: Undelivered message\r\n\
+                 Content-Description: {what}\r\n\
                  Content-Type: {ctype}\r\n\
                  \r\n"
             )
@@ -258,6 +306,11 @@ mod tests {
         assert!(!wanted("a@b", "NEVER"));
         assert!(!wanted("a@b", "DELAY"));
         assert!(!wanted("", ""));
+        assert!(success_wanted("a@b", "SUCCESS,FAILURE"));
+        assert!(success_wanted("a@b", "success"));
+        assert!(!success_wanted("a@b", ""));
+        assert!(!success_wanted("a@b", "FAILURE,DELAY"));
+        assert!(!success_wanted("", "SUCCESS"));
         assert!(delay_wanted("a@b", ""));
         assert!(delay_wanted("a@b", "DELAY"));
         assert!(!delay_wanted("a@b", "FAILURE"));
@@ -325,5 +378,69 @@ mod tests {
         assert!(!s.contains("Will-Retry-Until"), "{s}");
         assert_eq!(status_of(421, None), "4.0.0");
         assert_eq!(status_of(554, Some([2, 0, 0])), "5.0.0");
+    }
+
+    #[test]
+    fn success_notices() {
+        let report = Report {
+            id: "Q7",
+            mail_from: "alice@example.test",
+            received_at: 0,
+            envid: "",
+            ret: "",
+            size: 10,
+            hostname: "mx.example.test",
+            explanation: "Your message was delivered.\r\n",
+        };
+        let r = |addr: &str, action| RecipientReport {
+            address: addr.into(),
+            orcpt: String::new(),
+            action,
+            status: "2.0.0".into(),
+            diagnostic: Diagnostic::Local("delivered to mailbox".into()),
+            remote_mta: None,
+            will_retry_until: None,
+        };
+        let orig: &[u8] = b"Subject: x\r\n\r\nbody\r\n";
+        let bob = compose(
+            &report,
+            &[r("bob@example.test", Action::Delivered)],
+            Some(orig),
+        );
+        let s = String::from_utf8(bob.clone()).unwrap();
+        for want in [
+            "Subject: Successful Mail Delivery Report\r\n",
+            "Final-Recipient: rfc822; bob@example.test\r\nAction: delivered\r\nStatus: 2.0.0\r\n",
+            "Content-Description: Delivered message\r\nContent-Type: text/rfc822-headers\r\n",
+        ] {
+            assert!(s.contains(want), "missing {want:?} in\n{s}");
+        }
+        assert_eq!(posthorn_mime::analyze(&bob).body.children.len(), 3);
+        let expanded = compose(&report, &[r("team@example.test", Action::Expanded)], None);
+        let e = String::from_utf8(expanded).unwrap();
+        assert!(e.contains("Action: expanded\r\nStatus: 2.0.0\r\n"), "{e}");
+        assert!(
+            e.contains("Subject: Successful Mail Delivery Report"),
+            "{e}"
+        );
+        // One notice per recipient: each has its own Message-ID, none the
+        // bounce's `<id>.dsn@host`.
+        let carol = compose(&report, &[r("carol@example.test", Action::Delivered)], None);
+        let mid = |m: &[u8]| {
+            let s = String::from_utf8_lossy(m).to_string();
+            s.lines()
+                .find(|l| l.starts_with("Message-ID:"))
+                .unwrap()
+                .to_string()
+        };
+        assert_ne!(mid(&bob), mid(&carol));
+        assert!(
+            mid(&bob).starts_with("Message-ID: <Q7.delivered."),
+            "{}",
+            mid(&bob)
+        );
+        let failed = compose(&report, &[r("bob@example.test", Action::Failed)], None);
+        assert_eq!(mid(&failed), "Message-ID: <Q7.dsn@mx.example.test>");
+        assert_eq!(short_hash("bob@example.test").len(), 24);
     }
 }

@@ -10,6 +10,10 @@
 //! posthorn_mailbox_store::conformance::run_all(store).await;
 //! ```
 
+mod records;
+
+pub use records::{queue_index, records};
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -40,6 +44,8 @@ pub async fn run_all(store: Arc<dyn MetaStore>) {
     account_isolation(&store).await;
     header_prefix_roundtrip(&store).await;
     markers(&store).await;
+    records(&store).await;
+    queue_index(&store).await;
 }
 
 // --- helpers ---

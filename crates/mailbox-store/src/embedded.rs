@@ -22,6 +22,7 @@
 //! | `dedupe` | (address, dedupe key) | uid |
 //! | `blobs` | blob key | reference count |
 //! | `blob_zero` | blob key | Unix time its count dropped to 0 |
+//! | `records`, `record_index` | versioned records and their listing (`embedded/records.rs`) |
 //!
 //! Messages are keyed by a mailbox id, not the name, so RENAME rewrites only
 //! the `mailboxes` rows. Mailbox ids are never reused.
@@ -37,13 +38,16 @@ use redb::{
 };
 use serde::{Deserialize, Serialize};
 
+mod records;
+
 use crate::util::{
     account_id, alias_id, apply_flags, check_blob_key, check_flags, dedup_flags, domain_id,
     domain_of, is_seen, next_uidvalidity, now_secs,
 };
 use crate::{
     Account, AppendOutcome, DEFAULT_MAILBOXES, Error, FlagOp, FlagUpdate, MailboxInfo, MessageMeta,
-    MetaStore, NewMessage, Quota, Result, SpecialUse, Usage, validate_mailbox_name,
+    MetaStore, NewMessage, Quota, Record, RecordPut, Result, SpecialUse, Usage,
+    validate_mailbox_name,
 };
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -82,6 +86,8 @@ pub struct EmbeddedStore {
     path: Arc<PathBuf>,
     /// Group commit of appends (see [`append_batch`]).
     appends: Arc<GroupCommit<(String, String, NewMessage), Result<AppendOutcome>>>,
+    /// Group commit of record and marker writes (`embedded/records.rs`).
+    small: Arc<GroupCommit<records::SmallWrite, records::SmallOut>>,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -135,6 +141,7 @@ impl EmbeddedStore {
             db: Arc::new(db),
             path: Arc::new(path.to_path_buf()),
             appends: Arc::new(GroupCommit::new()),
+            small: Arc::new(GroupCommit::new()),
         })
     }
 
@@ -1099,22 +1106,8 @@ impl MetaStore for EmbeddedStore {
 
     async fn set_marker(&self, name: &str, ttl: std::time::Duration) -> Result<()> {
         crate::util::check_marker_name(name)?;
-        let name = name.to_string();
-        let now = now_ms();
-        let exp = now + ttl.as_millis() as u64;
-        // Expired markers are dropped now and then (every 1024th set), so
-        // the table stays as large as the live markers.
-        static SETS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let prune = SETS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 1024 == 1023;
-        self.write(move |txn| {
-            let mut t = txn.open_table(MARKERS).map_err(dberr)?;
-            if prune {
-                t.retain(|_, e| e > now).map_err(dberr)?;
-            }
-            t.insert(name.as_str(), exp).map_err(dberr)?;
-            Ok(())
-        })
-        .await
+        let exp = now_ms() + ttl.as_millis() as u64;
+        self.marker_put(name, exp).await
     }
 
     async fn has_marker(&self, name: &str) -> Result<bool> {
@@ -1128,6 +1121,38 @@ impl MetaStore for EmbeddedStore {
             };
             Ok(t.get(name).map_err(dberr)?.is_some_and(|v| v.value() > now))
         })
+    }
+
+    async fn get_record(&self, ns: &str, key: &str) -> Result<Option<Record>> {
+        self.records_get(ns, key)
+    }
+
+    async fn put_record(
+        &self,
+        ns: &str,
+        key: &str,
+        expected: u64,
+        put: RecordPut,
+    ) -> Result<Option<u64>> {
+        self.records_put(ns, key, expected, put).await
+    }
+
+    async fn list_records(
+        &self,
+        ns: &str,
+        scores: std::ops::RangeInclusive<i64>,
+        offset: u64,
+        limit: u64,
+    ) -> Result<Vec<(String, Record)>> {
+        self.records_list(ns, scores, offset, limit).await
+    }
+
+    async fn count_records(
+        &self,
+        ns: &str,
+        scores: std::ops::RangeInclusive<i64>,
+    ) -> Result<(u64, Option<i64>)> {
+        self.records_count(ns, scores).await
     }
 
     async fn release_lease(&self, name: &str, owner: &str) -> Result<()> {

@@ -28,8 +28,11 @@
 
 pub mod conformance;
 pub mod embedded;
+pub mod queue;
 pub mod redis_store;
 mod util;
+
+use std::ops::RangeInclusive;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -446,6 +449,83 @@ pub trait MetaStore: Send + Sync + 'static {
             reason: "markers are not supported by this store".into(),
         })
     }
+
+    // --- records (small versioned documents, e.g. the delivery queue index) ---
+
+    /// The record `key` of namespace `ns`, unless absent or expired.
+    async fn get_record(&self, ns: &str, key: &str) -> Result<Option<Record>> {
+        let _ = (ns, key);
+        Err(records_unsupported())
+    }
+    /// Compare-and-set: write `put` as record `key` only if its current
+    /// version is `expected` (0 = absent or expired). Returns the new
+    /// version, or `None` if the version did not match (nothing written).
+    /// Atomic across all processes sharing the store.
+    async fn put_record(
+        &self,
+        ns: &str,
+        key: &str,
+        expected: u64,
+        put: RecordPut,
+    ) -> Result<Option<u64>> {
+        let _ = (ns, key, expected, put);
+        Err(records_unsupported())
+    }
+    /// Up to `limit` listed records of `ns` with a score in `scores`, from
+    /// position `offset` among those, in (score, key) order. Only records
+    /// written with `listed` appear.
+    async fn list_records(
+        &self,
+        ns: &str,
+        scores: RangeInclusive<i64>,
+        offset: u64,
+        limit: u64,
+    ) -> Result<Vec<(String, Record)>> {
+        let _ = (ns, scores, offset, limit);
+        Err(records_unsupported())
+    }
+    /// How many listed records of `ns` have a score in `scores`, and the
+    /// lowest score among them.
+    async fn count_records(
+        &self,
+        ns: &str,
+        scores: RangeInclusive<i64>,
+    ) -> Result<(u64, Option<i64>)> {
+        let _ = (ns, scores);
+        Err(records_unsupported())
+    }
+}
+
+fn records_unsupported() -> Error {
+    Error::Invalid {
+        what: "record",
+        reason: "records are not supported by this store".into(),
+    }
+}
+
+/// A versioned record ([`MetaStore::get_record`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Starts at 1, grows by one with each write.
+    pub version: u64,
+    /// The document (JSON by convention).
+    pub value: String,
+    /// Its position in the listing.
+    pub score: i64,
+}
+
+/// What [`MetaStore::put_record`] writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordPut {
+    /// The document.
+    pub value: String,
+    /// Its position in the listing.
+    pub score: i64,
+    /// Whether it appears in [`MetaStore::list_records`] and
+    /// [`MetaStore::count_records`] (false: a tombstone).
+    pub listed: bool,
+    /// Expiry; after it the record reads as absent. `None`: kept.
+    pub ttl: Option<std::time::Duration>,
 }
 
 /// The marker that keeps a blob from garbage collection while no message
@@ -455,6 +535,11 @@ pub trait MetaStore: Send + Sync + 'static {
 pub fn blob_pin_marker(blob_key: &str) -> String {
     format!("blob-pin/{blob_key}")
 }
+
+/// How long the router pins the body of a message it queues for remote
+/// delivery. Delivery renews the pin only for a queue lifetime that would
+/// outlast it (docs/delivery.md, "No loss, no duplicates").
+pub const BLOB_PIN_QUEUED: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
 
 #[cfg(test)]
 mod tests {

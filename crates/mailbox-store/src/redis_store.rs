@@ -48,6 +48,9 @@
 //! Markers — one key each: `marker:{<name>}` = 1, with a `PX` expiry
 //! (e.g. delivery's `delivered/<message id>/<recipient hash>`).
 //!
+//! Records — `rec:{<ns>}:<key>` and the index `rec:{<ns>}`
+//! (`redis_store/records.rs`).
+//!
 //! # What is atomic, and the crash windows
 //!
 //! A Lua script runs atomically; with `appendfsync always` it is durable when
@@ -87,13 +90,16 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, Script, Value};
 use serde::{Deserialize, Serialize};
 
+mod records;
+
 use crate::util::{
     account_id, alias_id, check_blob_key, check_flags, dedup_flags, domain_id, domain_of, is_seen,
     now_secs,
 };
 use crate::{
     Account, Alias, AppendOutcome, DEFAULT_MAILBOXES, Error, FlagOp, FlagUpdate, MailboxInfo,
-    MessageMeta, MetaStore, NewMessage, Quota, Result, SpecialUse, Usage, validate_mailbox_name,
+    MessageMeta, MetaStore, NewMessage, Quota, Record, RecordPut, Result, SpecialUse, Usage,
+    validate_mailbox_name,
 };
 
 const DOMAINS: &str = "{posthorn}:domains";
@@ -1469,6 +1475,38 @@ impl MetaStore for RedisStore {
         let key = format!("marker:{{{name}}}");
         let n: i64 = self.cmd(redis::cmd("EXISTS").arg(&key)).await?;
         Ok(n == 1)
+    }
+
+    async fn get_record(&self, ns: &str, key: &str) -> Result<Option<Record>> {
+        self.records_get(ns, key).await
+    }
+
+    async fn put_record(
+        &self,
+        ns: &str,
+        key: &str,
+        expected: u64,
+        put: RecordPut,
+    ) -> Result<Option<u64>> {
+        self.records_put(ns, key, expected, put).await
+    }
+
+    async fn list_records(
+        &self,
+        ns: &str,
+        scores: std::ops::RangeInclusive<i64>,
+        offset: u64,
+        limit: u64,
+    ) -> Result<Vec<(String, Record)>> {
+        self.records_list(ns, scores, offset, limit).await
+    }
+
+    async fn count_records(
+        &self,
+        ns: &str,
+        scores: std::ops::RangeInclusive<i64>,
+    ) -> Result<(u64, Option<i64>)> {
+        self.records_count(ns, scores).await
     }
 
     async fn release_lease(&self, name: &str, owner: &str) -> Result<()> {

@@ -18,6 +18,26 @@ pub(crate) fn check_marker_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Checks of a record write: names safe in a storage key, and a listed
+/// record never expires (its index entry would outlive it).
+pub(crate) fn check_record(ns: &str, key: &str, put: &crate::RecordPut) -> Result<()> {
+    for (what, s) in [("record namespace", ns), ("record key", key)] {
+        if s.is_empty() || s.chars().any(bad_char) {
+            return Err(Error::Invalid {
+                what,
+                reason: format!("{s:?} is empty or has braces, spaces or control characters"),
+            });
+        }
+    }
+    if put.listed && put.ttl.is_some() {
+        return Err(Error::Invalid {
+            what: "record",
+            reason: "a listed record cannot expire".into(),
+        });
+    }
+    Ok(())
+}
+
 /// Normalise and validate an account address (`local@domain`). The result is
 /// safe to embed in a storage key: no whitespace, control characters or
 /// braces (which would break Redis hash tags and so account isolation).

@@ -26,6 +26,14 @@ pub mod resolver {
     }
 }
 
+/// `posthorn.queue.*`
+pub mod queue {
+    /// `posthorn.queue.v1`: the delivery queue's admin API.
+    pub mod v1 {
+        tonic::include_proto!("posthorn.queue.v1");
+    }
+}
+
 /// Ask a gRPC server's standard `grpc.health.v1` service whether `service`
 /// (empty: the server as a whole) is SERVING, with a 2-second deadline.
 pub async fn check_health(url: &str, service: &str) -> Result<(), String> {

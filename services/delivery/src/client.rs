@@ -1,7 +1,8 @@
 //! One SMTP transaction to one address of a next hop, on `mail-send`'s
 //! client (reply parsing, EHLO capabilities, STARTTLS) with the RFC 5321
 //! §4.5.3.2 timeouts around every step, so a peer that never answers
-//! cannot hold a worker.
+//! cannot hold a worker, and every reply cut off at [`MAX_REPLY_OCTETS`]
+//! (`client/capped.rs`), so one that never stops answering cannot either.
 //!
 //! Extensions are used only when the next hop offers them: STARTTLS
 //! (opportunistic, certificate not verified), SIZE, BODY=8BITMIME,
@@ -9,6 +10,10 @@
 
 use std::net::SocketAddr;
 use std::time::Duration;
+
+mod capped;
+use capped::Capped;
+pub use capped::MAX_REPLY_OCTETS;
 
 use mail_send::{Credentials, SmtpClient};
 use smtp_proto::{AUTH_LOGIN, AUTH_PLAIN, EXT_DSN, EXT_START_TLS, EhloResponse, Response};
@@ -108,6 +113,17 @@ pub struct RelayAuth<'a> {
     pub plaintext_ok: bool,
 }
 
+/// Whether an [`Attempt::Unreachable`] reason says the host never
+/// answered: the connection failed, or no greeting came (timeout, reset,
+/// garbage). A host that greeted and then failed (EHLO, TLS, a policy of
+/// ours) answered. Delivery suspends a destination none of whose hosts
+/// answered (docs/delivery.md, "Destinations").
+pub fn no_answer(why: &str) -> bool {
+    why.starts_with("connect to ")
+        || why.ends_with(": no greeting (timeout)")
+        || why.contains("] greeting: ")
+}
+
 /// Run one transaction against `addr` (the MX host or relay `host`), with
 /// AUTH first if `auth` is given.
 pub async fn attempt(
@@ -118,9 +134,14 @@ pub async fn attempt(
     auth: Option<RelayAuth<'_>>,
 ) -> Attempt {
     let mut client = match SmtpClient::connect(addr, t.connect).await {
-        Ok(c) => c,
+        Ok(c) => SmtpClient {
+            stream: Capped::new(c.stream, MAX_REPLY_OCTETS),
+            timeout: c.timeout,
+        },
         Err(e) => return Attempt::Unreachable(format!("connect to {host}[{addr}]: {e}")),
     };
+    // The texts of the failures before a greeting are matched by
+    // [`no_answer`]: keep them in step.
     match tokio::time::timeout(t.greeting, client.read()).await {
         Ok(Ok(r)) if r.code / 100 == 2 => {}
         Ok(Ok(r)) => {
@@ -141,16 +162,24 @@ pub async fn attempt(
         match client.cmd(b"STARTTLS\r\n").await {
             Ok(r) if r.code == 220 => {
                 let name = tls_name(host);
-                let mut tls = match client
+                // The handshake on the bare TCP stream (`into_tls` takes
+                // nothing else), the cap again around the TLS stream.
+                let plain = SmtpClient {
+                    stream: client.stream.into_inner(),
+                    timeout: t.mail,
+                };
+                let mut tls = match plain
                     .into_tls(&posthorn_tls::client::any_cert_connector(), &name)
                     .await
                 {
-                    Ok(c) => c,
+                    Ok(c) => SmtpClient {
+                        stream: Capped::new(c.stream, MAX_REPLY_OCTETS),
+                        timeout: t.mail,
+                    },
                     Err(e) => {
                         return Attempt::Unreachable(format!("{host}[{addr}] TLS handshake: {e}"));
                     }
                 };
-                tls.timeout = t.mail;
                 let caps = match hello(&mut tls, job.helo).await {
                     Ok(c) => c,
                     Err(e) => {
@@ -433,7 +462,7 @@ mod tests {
         let addr = silent_peer(&[]).await;
         let a = attempt(addr, "mx.test", &job(b"x\r\n"), &quick(), None).await;
         assert!(
-            matches!(&a, Attempt::Unreachable(w) if w.contains("no greeting")),
+            matches!(&a, Attempt::Unreachable(w) if w.contains("no greeting") && no_answer(w)),
             "{a:?}"
         );
         // Silent after MAIL: deferred.
@@ -476,7 +505,7 @@ mod tests {
         };
         let a = attempt(addr, "relay.test", &job(b"x\r\n"), &quick(), Some(auth)).await;
         assert!(
-            matches!(&a, Attempt::Unreachable(w) if w.contains("does not offer STARTTLS")),
+            matches!(&a, Attempt::Unreachable(w) if w.contains("does not offer STARTTLS") && !no_answer(w)),
             "{a:?}"
         );
         // Allowed in plain text: a 535 defers, it does not bounce.

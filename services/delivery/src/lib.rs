@@ -8,13 +8,14 @@
 //! next delay of the retry schedule.
 //!
 //! # Layout
-//! - [`worker`]: one item, from lookup to ack/NAK.
+//! - [`settle`]: one item off the queue: markers, the queue index, ack/NAK.
+//! - [`worker`]: the attempts of one item, from lookup to outcome.
 //! - [`client`]: one SMTP transaction on `mail-send`, with RFC 5321 timeouts.
+//! - [`destinations`]: per-destination concurrency and suspension.
 //! - [`params`]: MAIL/RCPT parameters per the next hop's extensions; dot-stuffing.
 //! - [`retry`]: the retry schedule.
 //! - [`routes`]: relay host, per-domain transports, relay AUTH credentials.
 //! - [`bounce`]: failure notifications, published on the inbound queue.
-//! - [`tls`]: the opportunistic STARTTLS client configuration.
 //!
 //! Readiness: the queue and blob store answer, and the resolver's gRPC
 //! health service says SERVING.
@@ -23,9 +24,11 @@
 
 pub mod bounce;
 pub mod client;
+pub mod destinations;
 pub mod params;
 pub mod retry;
 pub mod routes;
+pub mod settle;
 pub mod worker;
 
 use std::sync::Arc;
@@ -72,6 +75,10 @@ pub async fn run(
         ack_wait: Duration::from_secs(d.ack_wait_secs),
         routes: Arc::new(routes),
         delay_warning: Duration::from_secs(d.delay_warning_secs),
+        destinations: destinations::Destinations::new(
+            d.per_domain_concurrency as usize,
+            Duration::from_secs(d.dead_destination_secs),
+        ),
     };
     let consumer = tokio::spawn(consume(
         ctx,
@@ -80,6 +87,8 @@ pub async fn run(
         ConsumerConfig {
             ack_wait: Duration::from_secs(d.ack_wait_secs),
             max_deliver: u32::MAX,
+            // Every deferred item is un-acked while its NAK delay runs.
+            max_pending: 0,
         },
         d.concurrency as usize,
         shutdown.clone(),

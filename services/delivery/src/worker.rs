@@ -15,13 +15,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use posthorn_backends::Backends;
-use posthorn_bus::Delivery;
 use posthorn_dsn::Diagnostic;
-use posthorn_proto::common::v1::{Envelope, OutboundItem, Recipient};
+use posthorn_proto::common::v1::{Envelope, Recipient};
 use posthorn_proto::resolver::v1::resolver_service_client::ResolverServiceClient;
 use posthorn_proto::resolver::v1::{LookupIpRequest, LookupMxRequest, ResultKind};
-use prost::Message;
 use tonic::transport::Channel;
+
+pub use crate::settle::handle;
 
 use crate::bounce::{self, Failure};
 use crate::client::{self, Attempt, Job, RelayAuth, Timeouts};
@@ -51,6 +51,20 @@ pub struct Ctx {
     /// `delivery.delay_warning_secs`: a deferred message older than this
     /// gets one delay warning per recipient; zero: never.
     pub delay_warning: Duration,
+    /// Per-destination concurrency and suspension.
+    pub destinations: std::sync::Arc<crate::destinations::Destinations>,
+}
+
+impl Ctx {
+    /// The destination of `rcpt` for [`crate::destinations`]: the relay
+    /// that carries its domain's mail, or the domain.
+    pub fn destination(&self, rcpt: &str) -> String {
+        let domain = rcpt.rsplit_once('@').map_or("", |(_, d)| d);
+        match self.routes.route(domain) {
+            Some(hop) => hop.spec(),
+            None => domain.trim_end_matches('.').to_ascii_lowercase(),
+        }
+    }
 }
 
 /// How handling ended.
@@ -66,6 +80,10 @@ pub enum Outcome {
     Failed(Failure),
     /// Try again later.
     Deferred(String),
+    /// Try again later: no next hop answered (refused, timed out, no
+    /// greeting: `client::no_answer`), so the destination is suspended
+    /// (`destinations`).
+    Unreachable(String),
 }
 
 /// Marker name of a settled (message, recipient).
@@ -105,7 +123,7 @@ pub fn relayed_wanted(env: &Envelope, rcpt: &Recipient, hop_dsn: bool) -> bool {
 /// (the first `4.x.x` in it, else `4.0.0`), the host of `host[addr]: ...`,
 /// and the diagnostic: `smtp; <reply>` when the reason ends in the next
 /// hop's 4xx reply (`host[addr]: RCPT: 451 4.3.0 ...`), else our own text.
-fn delay_details(reason: &str) -> (String, Option<String>, Diagnostic) {
+pub(crate) fn delay_details(reason: &str) -> (String, Option<String>, Diagnostic) {
     let status = reason
         .split(|c: char| c.is_whitespace() || c == ':' || c == ',')
         .find(|w| {
@@ -138,7 +156,13 @@ fn delay_details(reason: &str) -> (String, Option<String>, Diagnostic) {
 /// Send a notification of `kind` once per (message, recipient): skipped
 /// when its marker is set; the marker is set after the publish (the
 /// deterministic id dedupes a repeated publish). Errors are logged only.
-async fn notify_once(ctx: &Ctx, env: &Envelope, rcpt: &Recipient, f: &Failure, kind: bounce::Kind) {
+pub(crate) async fn notify_once(
+    ctx: &Ctx,
+    env: &Envelope,
+    rcpt: &Recipient,
+    f: &Failure,
+    kind: bounce::Kind,
+) {
     let marker = kind.marker(env, &rcpt.address);
     match ctx.backends.meta.has_marker(&marker).await {
         Ok(false) => {}
@@ -163,144 +187,11 @@ async fn notify_once(ctx: &Ctx, env: &Envelope, rcpt: &Recipient, f: &Failure, k
 }
 
 /// How long a `done` marker is kept: past any redelivery of the item.
-fn marker_ttl(s: &Schedule) -> Duration {
+pub(crate) fn marker_ttl(s: &Schedule) -> Duration {
     s.lifetime + Duration::from_secs(7 * 86_400)
 }
 
 /// Handle one delivery of the outbound queue.
-pub async fn handle(ctx: &Ctx, delivery: Delivery) {
-    let item = match OutboundItem::decode(delivery.payload.clone()) {
-        Ok(i) => i,
-        Err(e) => {
-            tracing::error!(msg_id = %delivery.msg_id, error = %e, "undecodable outbound item moved to the dead-letter queue");
-            let _ = delivery.term().await;
-            return;
-        }
-    };
-    let (Some(env), Some(rcpt)) = (item.envelope, item.recipient) else {
-        tracing::error!(msg_id = %delivery.msg_id, "outbound item without envelope or recipient; dead-lettered");
-        let _ = delivery.term().await;
-        return;
-    };
-    let span = tracing::info_span!("deliver", msg_id = %env.id, rcpt = %rcpt.address, attempt = delivery.attempt);
-    tracing::Instrument::instrument(settle(ctx, delivery, env, rcpt), span).await;
-}
-
-async fn settle(ctx: &Ctx, delivery: Delivery, env: Envelope, rcpt: Recipient) {
-    let marker = done_marker(&env, &rcpt.address);
-    match ctx.backends.meta.has_marker(&marker).await {
-        Ok(true) => {
-            tracing::info!("already settled (redelivery); acking");
-            let _ = delivery.ack().await;
-            return;
-        }
-        Ok(false) => {}
-        Err(e) => {
-            tracing::warn!(error = %e, "metadata store unavailable; will retry");
-            let _ = delivery.nak(Some(Duration::from_secs(10))).await;
-            return;
-        }
-    }
-    let started = std::time::Instant::now();
-    let outcome = {
-        let work = attempt_all(ctx, &env, &rcpt);
-        tokio::pin!(work);
-        let mut beat = tokio::time::interval((ctx.ack_wait / 3).max(Duration::from_millis(100)));
-        beat.tick().await;
-        loop {
-            tokio::select! {
-                o = &mut work => break o,
-                _ = beat.tick() => { let _ = delivery.in_progress().await; }
-            }
-        }
-    };
-    metrics::histogram!("posthorn_delivery_attempt_seconds")
-        .record(started.elapsed().as_secs_f64());
-    let now = chrono::Utc::now().timestamp();
-    let outcome = match outcome {
-        Outcome::Deferred(reason) if ctx.schedule.expired(env.received_at, now) => {
-            tracing::warn!(%reason, "lifetime exceeded; bouncing");
-            Outcome::Failed(Failure {
-                status: "4.4.7".into(),
-                diagnostic: Diagnostic::Local(format!(
-                    "delivery lifetime exceeded; last error: {reason}"
-                )),
-                remote_mta: None,
-            })
-        }
-        o => o,
-    };
-    match outcome {
-        Outcome::Delivered { hop_dsn } => {
-            metrics::counter!("posthorn_delivery_delivered_total").increment(1);
-            if relayed_wanted(&env, &rcpt, hop_dsn) {
-                let f = Failure {
-                    status: "2.0.0".into(),
-                    diagnostic: Diagnostic::Local(
-                        "relayed to a mail system that does not offer DSN".into(),
-                    ),
-                    remote_mta: None,
-                };
-                notify_once(ctx, &env, &rcpt, &f, bounce::Kind::Relayed).await;
-            }
-            finish(ctx, delivery, &marker).await;
-        }
-        Outcome::Failed(f) => {
-            tracing::warn!(status = %f.status, diagnostic = ?f.diagnostic, "delivery failed permanently");
-            metrics::counter!("posthorn_delivery_bounced_total").increment(1);
-            if let Err(e) = bounce::send(&ctx.backends, &ctx.hostname, &env, &rcpt, &f).await {
-                tracing::warn!(error = %e, "notification not queued; will retry the item");
-                let _ = delivery.nak(Some(Duration::from_secs(30))).await;
-                return;
-            }
-            finish(ctx, delivery, &marker).await;
-        }
-        Outcome::Deferred(reason) => {
-            let age = ctx.schedule.age(env.received_at, now);
-            let delay = ctx.schedule.delay(delivery.attempt, age);
-            // Keep the body from blob GC until the last retry is over.
-            let pin = posthorn_mailbox_store::blob_pin_marker(&env.blob_key);
-            let ttl = ctx.schedule.lifetime.saturating_sub(age) + Duration::from_secs(86_400);
-            if let Err(e) = ctx.backends.meta.set_marker(&pin, ttl).await {
-                tracing::warn!(error = %e, "blob pin not renewed");
-            }
-            if should_warn(&env, &rcpt, ctx.delay_warning, now) {
-                let (status, remote_mta, diagnostic) = delay_details(&reason);
-                let f = Failure {
-                    status,
-                    diagnostic,
-                    remote_mta,
-                };
-                let until = env
-                    .received_at
-                    .saturating_add(ctx.schedule.lifetime.as_secs() as i64);
-                notify_once(ctx, &env, &rcpt, &f, bounce::Kind::Delayed { until }).await;
-            }
-            tracing::info!(%reason, retry_in = ?delay, "delivery deferred");
-            metrics::counter!("posthorn_delivery_deferred_total").increment(1);
-            if let Err(e) = delivery.nak(Some(delay)).await {
-                tracing::warn!(error = %e, "nak failed; the item comes back after the ack wait");
-            }
-        }
-    }
-}
-
-/// Record the marker (best effort: the ack alone settles the item unless it
-/// is lost too), then ack.
-async fn finish(ctx: &Ctx, delivery: Delivery, marker: &str) {
-    let ttl = marker_ttl(&ctx.schedule);
-    for _ in 0..3 {
-        match ctx.backends.meta.set_marker(marker, ttl).await {
-            Ok(()) => break,
-            Err(e) => tracing::warn!(error = %e, "done marker not recorded"),
-        }
-    }
-    if let Err(e) = delivery.ack().await {
-        tracing::warn!(error = %e, "ack failed; the redelivery will find the done marker");
-    }
-}
-
-/// Whether the message needs SMTPUTF8 (RFC 6531): non-ASCII addresses or
 /// header section.
 fn needs_smtputf8(env: &Envelope, rcpt: &str, message: &[u8]) -> bool {
     !env.mail_from.is_ascii()
@@ -505,12 +396,15 @@ pub async fn attempt_all(ctx: &Ctx, env: &Envelope, rcpt: &Recipient) -> Outcome
         message: &message,
     };
     let mut last = String::from("no next hop tried");
+    // Whether some host answered (see `client::no_answer`).
+    let mut answered = false;
     for (host, addrs) in hops {
         for ip in addrs {
             let addr = SocketAddr::new(ip, port);
             match client::attempt(addr, &host, &job, &ctx.timeouts, auth).await {
                 Attempt::Unreachable(why) => {
                     tracing::info!(%host, %addr, %why, "next hop unreachable; trying the next");
+                    answered |= !client::no_answer(&why);
                     last = why;
                 }
                 Attempt::Delivered(reply, hop_dsn) => {
@@ -533,7 +427,11 @@ pub async fn attempt_all(ctx: &Ctx, env: &Envelope, rcpt: &Recipient) -> Outcome
             }
         }
     }
-    Outcome::Deferred(last)
+    if answered {
+        Outcome::Deferred(last)
+    } else {
+        Outcome::Unreachable(last)
+    }
 }
 
 #[cfg(test)]

@@ -71,6 +71,7 @@ fn ctx(backends: &Backends, port: u16) -> Ctx {
         ack_wait: s(60),
         routes: Default::default(),
         delay_warning: Duration::ZERO,
+        destinations: posthorn_delivery::destinations::Destinations::new(0, Duration::ZERO),
     }
 }
 
@@ -93,6 +94,7 @@ async fn item(b: &Backends, id: &str, rcpt: &str, received_at: i64) -> OutboundI
         }),
         recipient: Some(r),
         expanded_from: String::new(),
+        generation: 0,
     }
 }
 

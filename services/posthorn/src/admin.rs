@@ -187,6 +187,11 @@ pub fn run(server: ServerArg, cmd: Admin) -> ExitCode {
 }
 
 pub(crate) async fn connect(url: &str) -> Result<RouterServiceClient<Channel>, ExitCode> {
+    Ok(RouterServiceClient::new(channel(url).await?))
+}
+
+/// A channel to the router's gRPC port (directory, admin and queue APIs).
+pub(crate) async fn channel(url: &str) -> Result<Channel, ExitCode> {
     let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
         .map_err(|e| {
             eprintln!("posthorn: invalid --server {url}: {e}");
@@ -198,10 +203,10 @@ pub(crate) async fn connect(url: &str) -> Result<RouterServiceClient<Channel>, E
         eprintln!("posthorn: cannot reach the router at {url}: {e} (is `posthorn serve` running? --server sets the URL)");
         ExitCode::from(EX_UNAVAILABLE)
     })?;
-    Ok(RouterServiceClient::new(channel))
+    Ok(channel)
 }
 
-fn fail(status: tonic::Status) -> ExitCode {
+pub(crate) fn fail(status: tonic::Status) -> ExitCode {
     eprintln!("posthorn: {}", status.message());
     match status.code() {
         Code::Unavailable | Code::DeadlineExceeded => ExitCode::from(EX_UNAVAILABLE),

@@ -3,6 +3,7 @@
 
 mod admin;
 mod import;
+mod queue;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -92,6 +93,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: admin::QuotaCmd,
     },
+    /// The remote delivery queue (like `mailq`, `sendmail -q`, `postsuper`).
+    Queue {
+        #[command(flatten)]
+        server: admin::ServerArg,
+        #[command(subcommand)]
+        cmd: queue::QueueCmd,
+    },
 }
 
 #[derive(Subcommand)]
@@ -165,6 +173,7 @@ fn main() -> ExitCode {
         Cmd::Quota { server, cmd } => admin::run(server, admin::Admin::Quota(cmd)),
         Cmd::Mailbox { server, cmd } => admin::run(server, admin::Admin::Mailbox(cmd)),
         Cmd::Virtual { server, cmd } => import::virtual_import(&server, cmd),
+        Cmd::Queue { server, cmd } => queue::run(server, cmd),
     }
 }
 

@@ -248,6 +248,14 @@ fn killed_twice_while_delivering(backend: Backend, process: &str) {
         "a message delivered more often than it was caught by a kill: {:?}",
         seen.counts
     );
+    // The queue index agrees with the stream: every item settled, none
+    // left listed (items the kills caught settle when they come back).
+    sys.wait_for("an empty queue index", WAIT, || {
+        let out = sys.admin_ok(&["queue", "list"]);
+        out.lines()
+            .any(|l| l == "-- 0 shown, 0 queued")
+            .then_some(())
+    });
     drop(sink);
 }
 

@@ -9,14 +9,14 @@
 //! that it can never bounce back. Both are idempotent, so a redelivered
 //! inbound item sends the notification once: the local append carries the
 //! dedupe key `<message id>.dsn/<account>`, the outbound item the message id
-//! `<message id>.dsn/<recipient>`.
+//! `<message id>.dsn/<recipient>`. [`deliver`] is also the path of the
+//! success notices (`crate::success`), under their own ids.
 
 use chrono::Utc;
 use posthorn_backends::Backends;
-use posthorn_bus::{MailboxEvent, Queue};
+use posthorn_bus::MailboxEvent;
 use posthorn_mailbox_store::{AppendOutcome, NewMessage};
 use posthorn_proto::common::v1::{Envelope, OutboundItem, Recipient};
-use prost::Message;
 
 use crate::route::{Addressing, Target};
 
@@ -87,12 +87,34 @@ pub async fn send(
     if failed.is_empty() {
         return Ok(());
     }
-    let original = match backends.blobs.get(&env.blob_key).await {
-        Ok(b) => Some(b),
-        Err(e) if e.is_transient() => return Err(e.to_string()),
-        Err(_) => None,
-    };
+    let original = original(backends, env).await?;
     let msg = compose(env, &failed, original.as_deref(), addressing.hostname());
+    deliver(addressing, backends, env, &format!("{}.dsn", env.id), msg).await
+}
+
+/// The original message, for the third part of a notification; `None` if
+/// its body is gone for good. `Err`: the blob store is down.
+pub async fn original(backends: &Backends, env: &Envelope) -> Result<Option<bytes::Bytes>, String> {
+    match backends.blobs.get(&env.blob_key).await {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.is_transient() => Err(e.to_string()),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Deliver the notification `msg` about `env` to its sender from `<>`,
+/// under the deterministic id `id`: into the INBOX of a local sender
+/// (dedupe key `<id>/<account>`), onto the outbound queue for a remote one
+/// (message id `<id>/<address>`), so that a repeated call adds nothing.
+/// Used for bounces and success notices (`crate::success`). `Err`: a
+/// backend is down; the caller retries the whole item.
+pub async fn deliver(
+    addressing: &Addressing,
+    backends: &Backends,
+    env: &Envelope,
+    id: &str,
+    msg: Vec<u8>,
+) -> Result<(), String> {
     let size = msg.len() as u64;
     let st = posthorn_mime::analyze(&msg);
     let blob_key = backends
@@ -118,7 +140,6 @@ pub async fn send(
     if targets.is_empty() {
         tracing::warn!(sender = %sender, "DSN not sent: the local sender does not exist");
     }
-    let id = format!("{}.dsn", env.id);
     for t in targets {
         match t {
             Target::Local(acct) => {
@@ -162,7 +183,7 @@ pub async fn send(
                     .await
                     .map_err(|e| e.to_string())?;
                 let dsn_env = Envelope {
-                    id: id.clone(),
+                    id: id.to_string(),
                     mail_from: String::new(),
                     rcpt_to: vec![Recipient {
                         address: addr.clone(),
@@ -182,14 +203,9 @@ pub async fn send(
                         ..Default::default()
                     }),
                     expanded_from: String::new(),
+                    generation: 0,
                 };
-                backends
-                    .bus
-                    .publish(
-                        Queue::Outbound,
-                        &format!("{id}/{addr}"),
-                        item.encode_to_vec().into(),
-                    )
+                posthorn_backends::outbound::enqueue(backends, &item)
                     .await
                     .map_err(|e| e.to_string())?;
                 tracing::info!(rcpt = %addr, "DSN queued for remote delivery");

@@ -7,7 +7,7 @@
 //! id `<message id>/<recipient>`, so a router killed at any point and a
 //! redelivered item add nothing twice.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ use crate::route::{Addressing, Target};
 
 /// Why handling an item failed.
 #[derive(Debug)]
-enum Failure {
+pub(crate) enum Failure {
     /// Try again later (backend down).
     Transient(String),
     /// Never going to work (undecodable payload).
@@ -126,7 +126,7 @@ async fn handle(addressing: &Addressing, backends: &Backends, delivery: Delivery
 /// How long the router pins the body of a message it queues for remote
 /// delivery: longer than the default queue lifetime (5 days); delivery
 /// renews the pin on every deferral for its configured lifetime.
-pub const BLOB_PIN: Duration = Duration::from_secs(7 * 86_400);
+pub const BLOB_PIN: Duration = posthorn_mailbox_store::BLOB_PIN_QUEUED;
 
 /// Keep `blob_key` from garbage collection while remote deliveries wait
 /// for it (no mailbox references it; docs/delivery.md).
@@ -142,7 +142,7 @@ fn transient<E: std::fmt::Display>(e: E) -> Failure {
     Failure::Transient(e.to_string())
 }
 
-async fn route(
+pub(crate) async fn route(
     addressing: &Addressing,
     backends: &Backends,
     delivery: &Delivery,
@@ -182,6 +182,8 @@ async fn route_envelope(
     // Accepted at RCPT time, undeliverable now: they get a DSN, not silence.
     let mut failed: Vec<Failed> = Vec::new();
     let mut remotes: BTreeMap<String, (Recipient, String)> = BTreeMap::new();
+    // Who asked for a success notice, and what their address expanded to.
+    let mut success = crate::success::Plan::default();
     for rcpt in &env.rcpt_to {
         let q = match addressing
             .qualify(&rcpt.address, env.relay_client)
@@ -200,6 +202,8 @@ async fn route_envelope(
             }
         };
         let targets = addressing.expand(&q).await.map_err(transient)?;
+        success.add(&env, rcpt, &q, &targets);
+        let members = targets.len();
         if targets.is_empty() {
             // Accepted at RCPT time, gone since (account or alias removed).
             tracing::warn!(rcpt = %q, "no such recipient at routing time; bouncing");
@@ -220,7 +224,7 @@ async fn route_envelope(
                         (
                             Recipient {
                                 address: addr,
-                                notify: rcpt.notify.clone(),
+                                notify: crate::success::passed_on_notify(&rcpt.notify, members),
                                 orcpt: rcpt.orcpt.clone(),
                             },
                             from,
@@ -250,6 +254,8 @@ async fn route_envelope(
             }
         }
     };
+    // Accounts whose INBOX holds the message (now or from an earlier attempt).
+    let mut delivered = BTreeSet::new();
     for (acct, rcpt) in &locals {
         let prefix = format!(
             "Return-Path: <{}>\r\nDelivered-To: {}\r\n",
@@ -300,6 +306,7 @@ async fn route_envelope(
                 continue;
             }
         }
+        delivered.insert(acct.clone());
         let event = MailboxEvent {
             account: acct.clone(),
             mailbox: "INBOX".into(),
@@ -313,28 +320,34 @@ async fn route_envelope(
     if !remotes.is_empty() {
         pin_blob(backends, &env.blob_key).await?;
     }
-    for (addr, (rcpt, expanded_from)) in remotes {
-        let item = OutboundItem {
-            envelope: Some(env.clone()),
+    // Each item names its own recipient; the list stays behind (it would
+    // be copied once per recipient).
+    let mut one = env.clone();
+    one.rcpt_to.clear();
+    let items: Vec<OutboundItem> = remotes
+        .into_values()
+        .map(|(rcpt, expanded_from)| OutboundItem {
+            envelope: Some(one.clone()),
             recipient: Some(rcpt),
             expanded_from,
-        };
-        backends
-            .bus
-            .publish(
-                Queue::Outbound,
-                &format!("{}/{}", env.id, addr),
-                item.encode_to_vec().into(),
-            )
-            .await
-            .map_err(transient)?;
-        tracing::info!(rcpt = %addr, "queued for remote delivery");
+            generation: 0,
+        })
+        .collect();
+    posthorn_backends::outbound::enqueue_all(backends, &items)
+        .await
+        .map_err(transient)?;
+    for item in &items {
+        let rcpt = item.recipient.as_ref().map_or("", |r| r.address.as_str());
+        tracing::info!(%rcpt, "queued for remote delivery");
     }
     if !failed.is_empty() {
         crate::bounce::send(addressing, backends, &env, &failed)
             .await
             .map_err(Failure::Transient)?;
     }
+    crate::success::send(addressing, backends, &env, &success.notices(&delivered))
+        .await
+        .map_err(Failure::Transient)?;
     Ok(())
 }
 

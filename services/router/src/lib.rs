@@ -9,6 +9,10 @@
 //! - [`directory`]: the gRPC service over the metadata store.
 //! - [`route`]: addressing (qualification, aliases, catch-alls, relay control).
 //! - [`inbound`]: the inbound queue consumer.
+//! - [`queue_admin`]: the delivery queue's admin API (`posthorn.queue.v1`) and
+//!   its gauges.
+//! - [`bounce`], [`success`]: delivery status notifications (failed;
+//!   delivered and expanded for NOTIFY=SUCCESS).
 
 #![warn(missing_docs)]
 
@@ -16,13 +20,16 @@ pub mod bounce;
 pub mod directory;
 pub mod gc;
 pub mod inbound;
+pub mod queue_admin;
 pub mod route;
+pub mod success;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use posthorn_backends::{BoxError, Provider, on_shutdown, watch_health};
 use posthorn_config::Config;
+use posthorn_proto::queue::v1::queue_service_server::QueueServiceServer;
 use posthorn_proto::router::v1::router_service_server::RouterServiceServer;
 use posthorn_runtime::Health;
 use tokio::sync::watch;
@@ -67,12 +74,18 @@ pub async fn run(
         &cfg.server.primary_domain,
         &cfg.server.hostname,
     ));
+    tokio::spawn(queue_admin::gauges(
+        backends.clone(),
+        Duration::from_secs(cfg.router.queue_metrics_secs),
+        shutdown.clone(),
+    ));
     let consumer = tokio::spawn(inbound::consume(
         addressing.clone(),
         backends.clone(),
         posthorn_bus::ConsumerConfig {
             ack_wait: Duration::from_secs(cfg.router.ack_wait_secs),
             max_deliver: cfg.router.max_deliver,
+            ..Default::default()
         },
         cfg.router.concurrency as usize,
         shutdown.clone(),
@@ -98,6 +111,9 @@ pub async fn run(
         .timeout(Duration::from_secs(30))
         .add_service(health_service)
         .add_service(RouterServiceServer::new(directory))
+        .add_service(QueueServiceServer::new(queue_admin::QueueAdmin::new(
+            backends.clone(),
+        )))
         .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc), stop)
         .await?;
     let _ = consumer.await;

@@ -77,10 +77,10 @@ impl Ports {
     }
 
     /// Like [`Ports::toml`], with extra `key = value` lines in `[smtp]`,
-    /// `[resolver]` and `[delivery]`.
+    /// `[resolver]`, `[delivery]` and `[router]`.
     pub fn toml_extra(&self, extra: &Extra) -> String {
-        let (smtp_extra, resolver_extra, delivery_extra) =
-            (&extra.smtp, &extra.resolver, &extra.delivery);
+        let (smtp_extra, resolver_extra, delivery_extra, router_extra) =
+            (&extra.smtp, &extra.resolver, &extra.delivery, &extra.router);
         format!(
             r#"
 [smtp]
@@ -99,6 +99,7 @@ pop3s_listen = "127.0.0.1:{}"
 http_listen = "127.0.0.1:{}"
 
 [router]
+{router_extra}
 grpc_listen = "127.0.0.1:{}"
 http_listen = "127.0.0.1:{}"
 
@@ -314,6 +315,8 @@ pub struct Extra {
     pub resolver: String,
     /// Lines in `[delivery]` (say `remote_port = 2525`).
     pub delivery: String,
+    /// Lines in `[router]`.
+    pub router: String,
 }
 
 /// A running Posthorn (embedded or five tier processes) on its own ports.
