@@ -265,6 +265,8 @@ pub fn compose(
         };
         let what = if success {
             "Delivered message"
+        } else if recipients.iter().all(|r| r.action == Action::Relayed) {
+            "Relayed message"
         } else {
             "Undelivered message"
         };
@@ -372,10 +374,16 @@ mod tests {
             status: "2.0.0".into(),
             ..rcpts[0].clone()
         }];
-        let s = String::from_utf8(compose(&report, &relayed, None)).unwrap();
+        let orig: &[u8] = b"Subject: x\r\n\r\nbody\r\n";
+        let s = String::from_utf8(compose(&report, &relayed, Some(orig))).unwrap();
         assert!(s.contains("Action: relayed\r\nStatus: 2.0.0\r\n"), "{s}");
         assert!(s.contains("Subject: Relayed Mail"), "{s}");
         assert!(!s.contains("Will-Retry-Until"), "{s}");
+        assert!(
+            s.contains("Content-Description: Relayed message\r\n"),
+            "{s}"
+        );
+        assert!(!s.contains("Undelivered"), "{s}");
         assert_eq!(status_of(421, None), "4.0.0");
         assert_eq!(status_of(554, Some([2, 0, 0])), "5.0.0");
     }

@@ -288,3 +288,59 @@ fn one_delay_warning_per_recipient_embedded() {
     assert!(last.contains("Subject: marker"), "{last}");
     assert!(sink.messages().is_empty());
 }
+
+#[test]
+fn relayed_notice_for_a_hop_without_dsn_embedded() {
+    relayed_notice_for_a_hop_without_dsn(Backend::Embedded);
+}
+
+#[test]
+fn relayed_notice_for_a_hop_without_dsn_cluster() {
+    relayed_notice_for_a_hop_without_dsn(Backend::Cluster);
+}
+
+/// A recipient with `NOTIFY=SUCCESS` delivered to a next hop that does not
+/// offer DSN (aiosmtpd offers none): the sender gets one `Action: relayed`
+/// notice (RFC 3461 §5.2.2), and the hop is sent no NOTIFY.
+fn relayed_notice_for_a_hop_without_dsn(backend: Backend) {
+    let port = free_port();
+    let dns = DnsServer::start(&zone());
+    let sink = SmtpSink::start("127.0.0.2", port, "");
+    let sys = system(backend, &dns, port);
+    python_or(
+        r#"
+import smtplib, ssl, sys
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=60)
+s.starttls(context=ssl._create_unverified_context())
+s.login("alice@example.test", "alice-pw")
+code, reply = s.mail("alice@example.test", ["RET=HDRS"])
+assert code == 250, (code, reply)
+code, reply = s.rcpt("bob@remote.test", ["NOTIFY=SUCCESS", "ORCPT=rfc822;bob@remote.test"])
+assert code == 250, (code, reply)
+code, reply = s.data(b"From: alice@example.test\r\nSubject: tell me\r\n\r\nbody\r\n")
+assert code == 250, (code, reply)
+s.quit()
+"#,
+        &[&sys.ports.submission.to_string()],
+        || sys.logs(),
+    );
+    wait_sink(&sys, &sink, 1);
+    let dsn = wait_dsn(&sys, 1);
+    for want in [
+        "Action: relayed",
+        "Status: 2.0.0",
+        "Final-Recipient: rfc822; bob@remote.test",
+        // The ORCPT as the client wrote it (RFC 3464 §2.3.1).
+        "Original-Recipient: rfc822;bob@remote.test",
+        "does not offer DSN",
+        "Content-Description: Relayed message",
+    ] {
+        assert!(dsn.contains(want), "{want:?} in the notice:\n{dsn}");
+    }
+    let env = sink.envelope(1);
+    assert!(
+        !env.contains("NOTIFY"),
+        "no NOTIFY to a hop without DSN: {env}"
+    );
+    assert_eq!(sys.messages("alice@example.test").len(), 1, "one notice");
+}
