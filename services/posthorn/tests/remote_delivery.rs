@@ -240,13 +240,22 @@ fn permanent_failures_bounce_to_the_sender(backend: Backend) {
 /// deferred afterwards.
 #[test]
 fn one_delay_warning_per_recipient_embedded() {
+    one_delay_warning_per_recipient(Backend::Embedded);
+}
+
+#[test]
+fn one_delay_warning_per_recipient_cluster() {
+    one_delay_warning_per_recipient(Backend::Cluster);
+}
+
+fn one_delay_warning_per_recipient(backend: Backend) {
     let dns = DnsServer::start(&zone());
     let port = free_port();
     let busy = vec!["\"451 4.3.0 busy, try later\""; 500].join(", ");
     let sink = SmtpSink::start("127.0.0.4", port, &format!("{{\"rcpt\": [{busy}]}}"));
     let addr: SocketAddr = dns.addr();
     let sys = System::start_extra(
-        Backend::Embedded,
+        backend,
         Extra {
             resolver: format!("nameservers = [\"{addr}\"]"),
             delivery: format!(
