@@ -357,7 +357,9 @@ pub async fn defer(
         e.attempts += 1;
         e.last_error = error.to_string();
         match verdict(&e, generation) {
-            Some(Claim::Done | Claim::Superseded) => Step::Keep(verdict(&e, generation).unwrap()),
+            // Settled or superseded: nothing of this attempt to record.
+            Some(v @ (Claim::Done | Claim::Superseded)) => Step::Keep(v),
+            // Held or deleting: keep the state, record the attempt.
             Some(v) => Step::Write(Box::new(e), v),
             None => {
                 e.state = QueueState::Deferred;

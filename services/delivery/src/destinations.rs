@@ -72,8 +72,10 @@ impl Destinations {
         })
     }
 
-    /// May an item for `key` be attempted now? Never waits.
-    pub fn admit(self: &Arc<Self>, key: &str) -> Admission {
+    /// May an item for `key` be attempted now? Never waits (the tests'
+    /// view of [`Destinations::admit_waiting`]).
+    #[cfg(test)]
+    fn admit(self: &Arc<Self>, key: &str) -> Admission {
         self.try_admit(key, false).0
     }
 
